@@ -1,0 +1,13 @@
+"""Run settings shared by the LazyConfig experiments (read by dimaskdino.utils.lazy_training)."""
+train = dict(
+    output_dir="./output",
+    init_checkpoint="",
+    max_iter=88500,
+    amp=dict(enabled=True),
+    ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
+    checkpointer=dict(period=5000, max_to_keep=100),
+    eval_period=5000,
+    log_period=20,
+    device="cuda",
+    seed=-1,
+)

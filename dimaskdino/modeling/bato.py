@@ -1,0 +1,105 @@
+"""Balance-Aware Tokens Optimization (BATO).
+
+Once, before decoder layer 1, the top NUM_GUIDING_TOKENS queries (class score of the raw layer-0
+output, denoising queries excluded) become guiding tokens: their mask embeddings are the keys' content
+and values, their box position queries the keys' positions. Every memory token (with its sine position)
+cross-attends to them (post-norm, then a ReLU FFN); the updated memory serves the remaining decoder
+layers. The last flattened level of the updated memory (stride 8 in the published configs) is
+upsampled to the mask-feature size, added to the mask features and passed through a 3x3 convolution
+without bias, GroupNorm(32) and ReLU: decoder layers >= 1 predict masks from these features.
+"""
+from dataclasses import dataclass
+
+import fvcore.nn.weight_init as weight_init
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from detectron2.layers import Conv2d, get_norm
+
+from .utils import gather_rows
+
+__all__ = ["BalanceAwareTokenOptimization", "BATOOutput"]
+
+
+@dataclass
+class BATOOutput:
+    """memory: (B, S, C) updated memory tokens; mask_features: (B, C, H/4, W/4) updated mask features;
+    guide_index: (B, G) indices of the guiding tokens among the matching queries."""
+
+    memory: torch.Tensor
+    mask_features: torch.Tensor
+    guide_index: torch.Tensor
+
+
+class BalanceAwareTokenOptimization(nn.Module):
+    """Guiding-token cross-attention of the memory and the mask-feature update."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ffn: int, dropout: float, num_guiding_tokens: int):
+        super().__init__()
+        if d_model % 32 != 0:
+            raise ValueError(f"MODEL.MaskDINO.HIDDEN_DIM must be a multiple of 32 (GroupNorm(32)), got {d_model}")
+        self.num_guiding_tokens = num_guiding_tokens
+        self.multihead_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.dropout1 = nn.Dropout(dropout)
+        self.linear1 = nn.Linear(d_model, d_ffn)
+        self.dropout2 = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(d_ffn, d_model)
+        self.dropout3 = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+        self.mask_output_conv = Conv2d(
+            d_model, d_model, kernel_size=3, padding=1, bias=False, norm=get_norm("GN", d_model), activation=F.relu
+        )
+        weight_init.c2_xavier_fill(self.mask_output_conv)
+
+    def select_guiding_tokens(self, queries, query_pos, class_head: nn.Module, mask_head: nn.Module):
+        """Top-G queries by their best class score.
+
+        Args:
+            queries, query_pos: (B, Q, C) matching queries (no denoising queries)
+        Returns:
+            content: (B, G, C) mask embeddings; pos: (B, G, C); index: (B, G)
+        """
+        if queries.shape[1] < self.num_guiding_tokens:
+            raise ValueError(
+                f"NUM_GUIDING_TOKENS ({self.num_guiding_tokens}) must be <= NUM_OBJECT_QUERIES ({queries.shape[1]})"
+            )
+        scores = class_head(queries).max(-1).values  # (B, Q)
+        embeddings = mask_head(queries)
+        index = torch.topk(scores, self.num_guiding_tokens, dim=1).indices
+        return gather_rows(embeddings, index), gather_rows(query_pos, index), index
+
+    def update_memory(self, memory, memory_pos, guide_content, guide_pos):
+        """memory: (B, S, C), memory_pos: (1 or B, S, C), guide_*: (B, G, C) -> (B, S, C)"""
+        attended = self.multihead_attn(memory + memory_pos, guide_content + guide_pos, guide_content)[0]
+        memory = self.norm1(memory + self.dropout1(attended))
+        ffn = self.linear2(self.dropout2(F.relu(self.linear1(memory))))
+        return self.norm2(memory + self.dropout3(ffn))
+
+    def update_mask_features(self, memory, spatial_shapes, level_start_index, mask_features):
+        """Fuse the last flattened level of ``memory`` into ``mask_features`` (B, C, H/4, W/4)."""
+        h, w = spatial_shapes[-1].tolist()
+        start = int(level_start_index[-1])
+        level = memory[:, start:start + h * w].transpose(1, 2).reshape(memory.shape[0], -1, h, w)
+        upsampled = F.interpolate(level, size=mask_features.shape[-2:], mode="bilinear", align_corners=False)
+        return self.mask_output_conv(mask_features + upsampled)
+
+    def forward(self, queries, query_pos, class_head, mask_head, memory, memory_pos, spatial_shapes,
+                level_start_index, mask_features) -> BATOOutput:
+        """
+        Args:
+            queries: (B, Q, C) raw decoder layer-0 outputs of the matching queries
+            query_pos: (B, Q, C) their position queries for layer 1
+            class_head, mask_head: the shared heads
+            memory: (B, S, C), memory_pos: (1 or B, S, C) sine positions (no level embedding)
+            spatial_shapes: (L, 2), level_start_index: (L,)
+            mask_features: (B, C, H/4, W/4)
+        """
+        content, pos, index = self.select_guiding_tokens(queries, query_pos, class_head, mask_head)
+        memory = self.update_memory(memory, memory_pos, content, pos)
+        mask_features = self.update_mask_features(memory, spatial_shapes, level_start_index, mask_features)
+        return BATOOutput(memory=memory, mask_features=mask_features, guide_index=index)

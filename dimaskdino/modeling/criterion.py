@@ -1,0 +1,461 @@
+"""Training losses of DI-MaskDINO, their names and their weights.
+
+Five loss terms, each a ``loss_<term>`` method of :class:`DIMaskDINOCriterion`:
+
+===========  ======================================================  ===================
+name         what                                                    weight key
+===========  ======================================================  ===================
+loss_ce      sigmoid focal loss of the class logits (alpha .25, g 2)  CLASS_WEIGHT
+loss_bbox    L1 of matched normalised (cx, cy, w, h) boxes            BOX_WEIGHT
+loss_giou    1 - generalized IoU of matched boxes                     GIOU_WEIGHT
+loss_mask    binary cross-entropy of matched masks at sampled points  MASK_WEIGHT
+loss_dice    dice loss of matched masks at the same points            DICE_WEIGHT
+===========  ======================================================  ===================
+
+They are applied to several stages of the model; the stage is a suffix of the loss name:
+
+* ``""``: the final decoder layer, ``"_{i}"``: auxiliary output i (initial prediction, then
+  decoder layers 0..D-2), ``"_interm"``: the two-stage encoder proposals;
+  all matched with the full cost and supervised with every term (box terms if BOX_LOSS).
+* ``"_dn"`` / ``"_dn_{i}"``: the denoising queries of the last / auxiliary layer i; query
+  ``g * single_pad + j`` reconstructs target j, no matching. "seg" denoising uses every term,
+  "standard" only class and box.
+* ``"_ti{j}"``: token-interaction layer j of the De-Imbalance module, matched with class and box
+  costs only and supervised with class and box terms only.
+
+Every sum over instances is divided by the number of ground-truth instances in the batch,
+averaged over the distributed workers and at least 1 (times the number of groups for the
+denoising losses). The weights live here and nowhere else; the returned dict holds the weighted
+losses, and every term that is computed must have a weight.
+"""
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from detectron2.projects.point_rend.point_features import (
+    get_uncertain_point_coords_with_randomness,
+    point_sample,
+)
+from detectron2.utils.comm import get_world_size
+from torch import nn
+from torchvision.ops import box_convert, generalized_box_iou_loss
+
+from .matcher import HungarianMatcher
+
+__all__ = [
+    "DIMaskDINOCriterion",
+    "build_criterion",
+    "LOSS_NAMES",
+    "sigmoid_focal_loss",
+    "dice_loss",
+    "sigmoid_ce_loss",
+]
+
+LOSS_NAMES = ("loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice")
+CLASS_TERMS = ("loss_ce",)
+BOX_TERMS = ("loss_bbox", "loss_giou")
+MASK_TERMS = ("loss_mask", "loss_dice")
+
+Indices = List[Tuple[torch.Tensor, torch.Tensor]]
+
+
+def sigmoid_focal_loss(
+    logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> torch.Tensor:
+    """Element-wise sigmoid focal loss (RetinaNet), same shape as ``logits``; alpha < 0 disables
+    the alpha weighting."""
+    prob = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return loss
+
+
+def sigmoid_ce_loss(point_logits: torch.Tensor, point_labels: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy per mask. point_logits, point_labels: (M, P) -> (M,)."""
+    return F.binary_cross_entropy_with_logits(point_logits, point_labels, reduction="none").mean(1)
+
+
+def dice_loss(point_logits: torch.Tensor, point_labels: torch.Tensor) -> torch.Tensor:
+    """Dice loss with +1 smoothing per mask. point_logits, point_labels: (M, P) -> (M,)."""
+    prob = point_logits.sigmoid()
+    intersection = 2 * (prob * point_labels).sum(-1)
+    total = prob.sum(-1) + point_labels.sum(-1)
+    return 1 - (intersection + 1) / (total + 1)
+
+
+def mask_uncertainty(logits: torch.Tensor) -> torch.Tensor:
+    """Uncertainty of mask logits (M, 1, P): points closest to the decision boundary score highest."""
+    return -logits.abs()
+
+
+class MatchedPairs:
+    """The predictions of one stage paired with their targets, gathered once for all loss terms.
+
+    Args:
+        outputs: the stage's predictions ("pred_logits" (B, Q, K), "pred_boxes" (B, Q, 4),
+            "pred_masks" (B, Q, H, W)).
+        targets: B dicts with "labels" (N,), "boxes" (N, 4), "masks" (N, H', W').
+        indices: B pairs (query_indices, target_indices).
+        sample_points: maps matched (M, H, W) mask logits and (M, H', W') targets to
+            (M, P) point logits and labels.
+    """
+
+    def __init__(
+        self,
+        outputs: Mapping[str, torch.Tensor],
+        targets: Sequence[Mapping[str, torch.Tensor]],
+        indices: Indices,
+        sample_points: Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]],
+    ):
+        self.outputs = outputs
+        self.targets = targets
+        self.indices = indices
+        self._sample_points = sample_points
+        self._points: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+        batch_idx = [torch.full_like(src, b) for b, (src, _) in enumerate(indices)]
+        self.batch_idx = torch.cat(batch_idx)
+        self.query_idx = torch.cat([src for src, _ in indices])
+        self.num_matched = int(self.query_idx.numel())
+
+    def _gather_targets(self, key: str) -> torch.Tensor:
+        return torch.cat([t[key][tgt] for t, (_, tgt) in zip(self.targets, self.indices)])
+
+    def class_targets(self) -> torch.Tensor:
+        """(B, Q, K) one-hot classes: matched queries get their target's class, others none."""
+        logits = self.outputs["pred_logits"]
+        onehot = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
+        labels = self._gather_targets("labels").to(self.query_idx.device)
+        onehot[self.batch_idx, self.query_idx, labels] = 1
+        return onehot
+
+    def boxes(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(M, 4) matched predicted boxes and their (M, 4) targets, normalised (cx, cy, w, h)."""
+        pred = self.outputs["pred_boxes"][self.batch_idx, self.query_idx].float()
+        return pred, self._gather_targets("boxes").to(pred)
+
+    def mask_points(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(M, P) logits of the matched masks and (M, P) target values at the sampled points."""
+        if self._points is None:
+            pred = self.outputs["pred_masks"][self.batch_idx, self.query_idx].float()
+            shapes = {tuple(t["masks"].shape[-2:]) for t in self.targets}
+            if len(shapes) > 1:
+                raise ValueError(
+                    "criterion: targets[i]['masks'] must all be padded to the batch size, "
+                    f"got sizes {sorted(shapes)}"
+                )
+            self._points = self._sample_points(pred, self._gather_targets("masks").to(pred))
+        return self._points
+
+
+class DIMaskDINOCriterion(nn.Module):
+    """Matches every supervised stage of DI-MaskDINO to the targets and returns weighted losses.
+
+    Args:
+        num_classes: K.
+        matcher: assigns queries to targets (see :class:`HungarianMatcher`).
+        weights: the weight of each loss term, by name (all of :data:`LOSS_NAMES` that are used).
+        num_points: P, points per mask for the mask terms (TRAIN_NUM_POINTS).
+        oversample_ratio, importance_sample_ratio: PointRend importance sampling of those points.
+        box_loss: supervise the boxes of the final/aux/interm stages (BOX_LOSS).
+        dn: denoising mode, "no", "standard" (class + box) or "seg" (class + box + mask).
+        deep_supervision: supervise the auxiliary, auxiliary denoising and TI outputs.
+        focal_alpha, focal_gamma: focal-loss parameters.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        matcher: HungarianMatcher,
+        weights: Mapping[str, float],
+        num_points: int = 12544,
+        oversample_ratio: float = 3.0,
+        importance_sample_ratio: float = 0.75,
+        box_loss: bool = True,
+        dn: str = "seg",
+        deep_supervision: bool = True,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+    ):
+        super().__init__()
+        if dn not in ("no", "standard", "seg"):
+            raise ValueError(f"criterion: dn must be 'no', 'standard' or 'seg', got {dn!r}")
+        if oversample_ratio < 1 or not 0 <= importance_sample_ratio <= 1:
+            raise ValueError(
+                "criterion: need oversample_ratio >= 1 and 0 <= importance_sample_ratio <= 1, got "
+                f"{oversample_ratio} and {importance_sample_ratio}"
+            )
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.num_points = num_points
+        self.oversample_ratio = oversample_ratio
+        self.importance_sample_ratio = importance_sample_ratio
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        self.dn = dn
+        self.deep_supervision = deep_supervision
+
+        self.matched_terms = CLASS_TERMS + MASK_TERMS + (BOX_TERMS if box_loss else ())
+        self.dn_terms = {"no": (), "standard": CLASS_TERMS + BOX_TERMS, "seg": LOSS_NAMES}[dn]
+        self.ti_terms = CLASS_TERMS + BOX_TERMS
+        self.weights = self._checked_weights(weights)
+
+    def _checked_weights(self, weights: Mapping[str, float]) -> Dict[str, float]:
+        unknown = set(weights) - set(LOSS_NAMES)
+        if unknown:
+            raise ValueError(
+                f"criterion: unknown loss names {sorted(unknown)} in weights; known: {LOSS_NAMES}"
+            )
+        used = set(self.matched_terms) | set(self.dn_terms) | set(self.ti_terms)
+        missing = used - set(weights)
+        if missing:
+            raise ValueError(
+                f"criterion: no weight for the loss term(s) {sorted(missing)}; every computed "
+                "term needs a weight"
+            )
+        return {name: float(weights[name]) for name in LOSS_NAMES if name in weights}
+
+    # ------------------------------------------------------------------ loss terms (unweighted)
+    def loss_ce(self, pairs: MatchedPairs, num_boxes: float) -> torch.Tensor:
+        logits = pairs.outputs["pred_logits"].float()
+        focal = sigmoid_focal_loss(logits, pairs.class_targets(), self.focal_alpha, self.focal_gamma)
+        return focal.sum() / num_boxes
+
+    def loss_bbox(self, pairs: MatchedPairs, num_boxes: float) -> torch.Tensor:
+        pred, gt = pairs.boxes()
+        return F.l1_loss(pred, gt, reduction="sum") / num_boxes
+
+    def loss_giou(self, pairs: MatchedPairs, num_boxes: float) -> torch.Tensor:
+        pred, gt = pairs.boxes()
+        pred_xyxy = box_convert(pred, "cxcywh", "xyxy")
+        gt_xyxy = box_convert(gt, "cxcywh", "xyxy")
+        return generalized_box_iou_loss(pred_xyxy, gt_xyxy, reduction="sum") / num_boxes
+
+    def loss_mask(self, pairs: MatchedPairs, num_boxes: float) -> torch.Tensor:
+        if pairs.num_matched == 0:
+            return pairs.outputs["pred_masks"].sum() * 0.0
+        point_logits, point_labels = pairs.mask_points()
+        return sigmoid_ce_loss(point_logits, point_labels).sum() / num_boxes
+
+    def loss_dice(self, pairs: MatchedPairs, num_boxes: float) -> torch.Tensor:
+        if pairs.num_matched == 0:
+            return pairs.outputs["pred_masks"].sum() * 0.0
+        point_logits, point_labels = pairs.mask_points()
+        return dice_loss(point_logits, point_labels).sum() / num_boxes
+
+    def sample_mask_points(
+        self, pred_masks: torch.Tensor, gt_masks: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """PointRend importance sampling of P points per mask (mostly where the logit is near 0).
+
+        Args:
+            pred_masks: (M, H, W) logits.  gt_masks: (M, H', W') targets.
+        Returns:
+            (M, P) logits (differentiable) and (M, P) target values.
+        """
+        pred_masks, gt_masks = pred_masks[:, None], gt_masks[:, None]
+        with torch.no_grad():
+            coords = get_uncertain_point_coords_with_randomness(
+                pred_masks,
+                mask_uncertainty,
+                self.num_points,
+                self.oversample_ratio,
+                self.importance_sample_ratio,
+            )
+            point_labels = point_sample(gt_masks, coords, align_corners=False).squeeze(1)
+        point_logits = point_sample(pred_masks, coords, align_corners=False).squeeze(1)
+        return point_logits, point_labels
+
+    # ------------------------------------------------------------------ stages
+    def forward(
+        self,
+        outputs: Mapping,
+        targets: List[Dict[str, torch.Tensor]],
+        dn_meta: Optional[Mapping] = None,
+    ) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            outputs: "pred_logits" (B, Q, K), "pred_boxes" (B, Q, 4), "pred_masks" (B, Q, H, W),
+                and optionally "aux_outputs" (list of such dicts), "interm_outputs" (such a dict),
+                "ti_outputs" (list of dicts with "pred_logits" (B, Q1, K), "pred_boxes" (B, Q1, 4)).
+            targets: B dicts with "labels" (N,) int64, "boxes" (N, 4) normalised (cx, cy, w, h)
+                and "masks" (N, H', W') padded to the batch size.
+            dn_meta: None, or "num_groups" G, "single_pad", "pad_size" (= G * single_pad) and
+                "outputs" (the denoising queries' predictions with "aux_outputs").
+        Returns:
+            weighted scalar losses by name, e.g. "loss_giou_3", "loss_ce_dn", "loss_bbox_ti1".
+        """
+        self._check_targets(targets, outputs["pred_logits"].shape[0])
+        num_boxes = self._num_boxes(targets, outputs["pred_logits"].device)
+        aux_outputs = outputs.get("aux_outputs", []) if self.deep_supervision else []
+
+        losses = self._matched_stage(outputs, targets, "", num_boxes)
+        for i, aux in enumerate(aux_outputs):
+            losses.update(self._matched_stage(aux, targets, f"_{i}", num_boxes))
+        if "interm_outputs" in outputs:
+            losses.update(self._matched_stage(outputs["interm_outputs"], targets, "_interm", num_boxes))
+        losses.update(self._denoising_losses(outputs, targets, dn_meta, num_boxes))
+        if self.deep_supervision:
+            for j, ti_outputs in enumerate(outputs.get("ti_outputs", [])):
+                indices = self.matcher(ti_outputs, targets, cost_types=("class", "box"))
+                pairs = self._pairs(ti_outputs, targets, indices)
+                losses.update(self._weighted(pairs, self.ti_terms, f"_ti{j}", num_boxes))
+        return losses
+
+    def _matched_stage(self, outputs, targets, suffix: str, num_boxes: float):
+        cost_types = ("class", "box", "mask")
+        pairs = self._pairs(outputs, targets, self.matcher(outputs, targets, cost_types))
+        return self._weighted(pairs, self.matched_terms, suffix, num_boxes)
+
+    def _denoising_losses(self, outputs, targets, dn_meta, num_boxes: float):
+        if self.dn == "no":
+            return {}
+        # As the authors: without the two-stage proposals the first auxiliary output has no
+        # denoising loss.
+        first_aux = 0 if "interm_outputs" in outputs else 1
+        num_aux = len(outputs.get("aux_outputs", [])) if self.deep_supervision else 0
+        suffixes = ["_dn"] + [f"_dn_{i}" for i in range(first_aux, num_aux)]
+        if dn_meta is None:
+            # No denoising queries this step (e.g. no instance in the batch): report zeros so the
+            # set of logged losses does not change, still attached to the graph.
+            zero = outputs["pred_logits"].sum() * 0.0
+            return {f"{name}{suffix}": zero for suffix in suffixes for name in self.dn_terms}
+
+        dn_outputs = self._checked_dn_outputs(dn_meta)
+        indices = self.denoising_indices(targets, dn_meta["num_groups"], dn_meta["single_pad"])
+        dn_num_boxes = num_boxes * dn_meta["num_groups"]
+        losses = self._weighted(self._pairs(dn_outputs, targets, indices), self.dn_terms, "_dn", dn_num_boxes)
+        dn_aux = dn_outputs.get("aux_outputs", [])
+        if len(dn_aux) < num_aux:
+            raise ValueError(
+                f"criterion: dn_meta['outputs']['aux_outputs'] has {len(dn_aux)} entries, expected one "
+                f"per auxiliary output ({num_aux})"
+            )
+        for i in range(first_aux, num_aux):
+            pairs = self._pairs(dn_aux[i], targets, indices)
+            losses.update(self._weighted(pairs, self.dn_terms, f"_dn_{i}", dn_num_boxes))
+        return losses
+
+    @staticmethod
+    def _checked_dn_outputs(dn_meta: Mapping) -> Mapping:
+        required = ("num_groups", "single_pad", "pad_size", "outputs")
+        missing = [key for key in required if key not in dn_meta]
+        if missing:
+            raise ValueError(f"criterion: dn_meta lacks {missing}; it needs {required}")
+        groups, single_pad, pad_size = dn_meta["num_groups"], dn_meta["single_pad"], dn_meta["pad_size"]
+        if groups * single_pad != pad_size:
+            raise ValueError(
+                f"criterion: dn_meta['pad_size'] must be num_groups * single_pad = "
+                f"{groups} * {single_pad}, got {pad_size}"
+            )
+        dn_queries = dn_meta["outputs"]["pred_logits"].shape[1]
+        if dn_queries != pad_size:
+            raise ValueError(
+                f"criterion: dn_meta['outputs']['pred_logits'] has {dn_queries} queries, "
+                f"expected pad_size={pad_size}"
+            )
+        return dn_meta["outputs"]
+
+    @staticmethod
+    def denoising_indices(targets, num_groups: int, single_pad: int) -> Indices:
+        """Fixed assignment of the denoising queries: query g * single_pad + j <-> target j."""
+        indices = []
+        for target in targets:
+            num_targets = int(target["labels"].numel())
+            if num_targets > single_pad:
+                raise ValueError(
+                    f"criterion: an image has {num_targets} targets but dn_meta['single_pad'] "
+                    f"is {single_pad}"
+                )
+            device = target["labels"].device
+            target_idx = torch.arange(num_targets, device=device).repeat(num_groups)
+            group_start = torch.arange(num_groups, device=device) * single_pad
+            query_idx = (group_start[:, None] + torch.arange(num_targets, device=device)).flatten()
+            indices.append((query_idx, target_idx))
+        return indices
+
+    def _pairs(self, outputs, targets, indices: Indices) -> MatchedPairs:
+        return MatchedPairs(outputs, targets, indices, self.sample_mask_points)
+
+    def _weighted(
+        self, pairs: MatchedPairs, terms: Sequence[str], suffix: str, num_boxes: float
+    ) -> Dict[str, torch.Tensor]:
+        """Compute each term with its ``loss_*`` method, weigh it and name it with the stage suffix."""
+        return {
+            f"{name}{suffix}": self.weights[name] * getattr(self, name)(pairs, num_boxes)
+            for name in terms
+        }
+
+    def _check_targets(self, targets, batch_size: int) -> None:
+        if len(targets) != batch_size:
+            raise ValueError(f"criterion: {len(targets)} targets for a batch of {batch_size} images")
+        for i, target in enumerate(targets):
+            labels = target["labels"]
+            if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+                raise ValueError(
+                    f"criterion: targets[{i}]['labels'] must lie in [0, {self.num_classes}), got "
+                    f"values from {int(labels.min())} to {int(labels.max())}"
+                )
+
+    @staticmethod
+    def _num_boxes(targets, device) -> float:
+        """Ground-truth instances per worker (averaged over workers), at least 1."""
+        count = torch.as_tensor(
+            [float(sum(len(t["labels"]) for t in targets))], dtype=torch.float, device=device
+        )
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(count)
+        return max(count.item() / get_world_size(), 1.0)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, weights={self.weights}, dn={self.dn!r}, "
+            f"num_points={self.num_points}, oversample_ratio={self.oversample_ratio}, "
+            f"importance_sample_ratio={self.importance_sample_ratio}, "
+            f"deep_supervision={self.deep_supervision}"
+        )
+
+
+def build_criterion(cfg) -> DIMaskDINOCriterion:
+    """The criterion (and its matcher) from the authors' ``MODEL.MaskDINO`` loss keys."""
+    mcfg = cfg.MODEL.MaskDINO
+    if mcfg.PANO_BOX_LOSS:
+        raise ValueError(
+            "MODEL.MaskDINO.PANO_BOX_LOSS=True is the authors' panoptic box loss; this project "
+            "trains instance segmentation only, set it to False"
+        )
+    if mcfg.SEMANTIC_CE_LOSS and mcfg.TEST.SEMANTIC_ON and not mcfg.TEST.PANOPTIC_ON:
+        raise ValueError(
+            "MODEL.MaskDINO.SEMANTIC_CE_LOSS=True (softmax classification for semantic "
+            "segmentation) is not supported; this project uses the focal loss, set it to False"
+        )
+    matcher = HungarianMatcher(
+        cost_class=mcfg.COST_CLASS_WEIGHT,
+        cost_box=mcfg.COST_BOX_WEIGHT,
+        cost_giou=mcfg.COST_GIOU_WEIGHT,
+        cost_mask=mcfg.COST_MASK_WEIGHT,
+        cost_dice=mcfg.COST_DICE_WEIGHT,
+        num_points=mcfg.TRAIN_NUM_POINTS,
+    )
+    weights = {
+        "loss_ce": mcfg.CLASS_WEIGHT,
+        "loss_bbox": mcfg.BOX_WEIGHT,
+        "loss_giou": mcfg.GIOU_WEIGHT,
+        "loss_mask": mcfg.MASK_WEIGHT,
+        "loss_dice": mcfg.DICE_WEIGHT,
+    }
+    return DIMaskDINOCriterion(
+        num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+        matcher=matcher,
+        weights=weights,
+        num_points=mcfg.TRAIN_NUM_POINTS,
+        oversample_ratio=mcfg.OVERSAMPLE_RATIO,
+        importance_sample_ratio=mcfg.IMPORTANCE_SAMPLE_RATIO,
+        box_loss=mcfg.BOX_LOSS,
+        dn=mcfg.DN,
+        deep_supervision=mcfg.DEEP_SUPERVISION,
+    )

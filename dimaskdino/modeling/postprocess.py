@@ -1,0 +1,80 @@
+"""Instance inference: from per-query predictions of one image to detectron2 ``Instances``.
+
+The top-k (query, class) pairs by sigmoid class score are kept. Their mask logits are upsampled
+(bilinear) to the padded input size, cropped to the image, resized to the requested output size; a
+mask is its pixels with logit > 0, and the final score is the class score times the mean mask
+probability inside the mask. Boxes (cxcywh relative to the padded image) are scaled by the padded size
+times output size / image size.
+"""
+from typing import Tuple
+
+import torch
+from torch.nn import functional as F
+
+from detectron2.structures import Boxes, Instances
+
+from ..layers.box_ops import box_cxcywh_to_xyxy
+
+__all__ = ["instance_inference", "scale_boxes"]
+
+
+def scale_boxes(boxes, padded_size: Tuple[int, int], image_size: Tuple[int, int], output_size: Tuple[int, int]):
+    """Normalised cxcywh boxes (relative to the padded input) -> absolute xyxy in the output image.
+
+    Args:
+        boxes: (N, 4); padded_size, image_size, output_size: (height, width)
+    """
+    out_h = padded_size[0] / image_size[0] * output_size[0]
+    out_w = padded_size[1] / image_size[1] * output_size[1]
+    scale = torch.tensor([out_w, out_h, out_w, out_h]).to(boxes)
+    return box_cxcywh_to_xyxy(boxes) * scale
+
+
+def _resize_masks(mask_logits, padded_size, image_size, output_size):
+    """(N, h, w) mask logits at 1/4 of the padded input -> (N, H_out, W_out)."""
+    masks = F.interpolate(mask_logits[None], size=padded_size, mode="bilinear", align_corners=False)
+    masks = masks[:, :, : image_size[0], : image_size[1]]
+    return F.interpolate(masks, size=output_size, mode="bilinear", align_corners=False)[0]
+
+
+def instance_inference(
+    logits,
+    mask_logits,
+    boxes,
+    padded_size: Tuple[int, int],
+    image_size: Tuple[int, int],
+    output_size: Tuple[int, int],
+    max_detections: int = 100,
+    score_from_box_only: bool = False,
+) -> Instances:
+    """
+    Args:
+        logits: (Q, K) class logits; mask_logits: (Q, h, w) at 1/4 of the padded input;
+        boxes: (Q, 4) sigmoid cxcywh relative to the padded input
+        padded_size: (H_pad, W_pad) of the network input; image_size: (H_img, W_img) before padding
+        output_size: (height, width) of the returned instances
+        max_detections: k of the top-k over (query, class) pairs
+        score_from_box_only: score = class score alone (the authors' TEST_FOUCUS_ON_BOX)
+    Returns:
+        Instances of size ``output_size`` with pred_masks (N, height, width) float 0/1, pred_boxes
+        (xyxy), scores and pred_classes, N = min(max_detections, Q * K), in top-k order.
+    """
+    num_queries, num_classes = logits.shape
+    scores = logits.sigmoid().flatten()
+    k = min(max_detections, scores.numel())
+    top_scores, top_index = scores.topk(k, sorted=False)
+    classes = top_index % num_classes
+    query_index = torch.div(top_index, num_classes, rounding_mode="floor")
+
+    # only the masks of the kept queries are resized; a query may be kept with several classes
+    kept, inverse = torch.unique(query_index, return_inverse=True)
+    masks = _resize_masks(mask_logits[kept], padded_size, image_size, output_size)
+    binary = (masks > 0).float()
+    mask_scores = (masks.sigmoid().flatten(1) * binary.flatten(1)).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+
+    result = Instances(tuple(output_size))
+    result.pred_masks = binary[inverse]
+    result.pred_boxes = Boxes(scale_boxes(boxes[query_index], padded_size, image_size, output_size))
+    result.scores = top_scores if score_from_box_only else top_scores * mask_scores[inverse]
+    result.pred_classes = classes
+    return result

@@ -1,0 +1,1 @@
+"""Helpers for the command-line tools: loading yaml/LazyConfig files, prediction, drawing."""

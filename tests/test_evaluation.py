@@ -1,0 +1,159 @@
+"""build_evaluator (COCOEvaluator with or without detectron2._C) and the inference benchmark."""
+import json
+import time
+import types
+
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+import torch
+from detectron2.data import DatasetCatalog
+from detectron2.data.datasets import register_coco_instances
+from detectron2.structures import Boxes, Instances
+from torch import nn
+
+import detectron2
+import dimaskdino.data  # noqa: F401
+from dimaskdino.evaluation import build_evaluator, fast_coco_eval_available, inference_with_benchmark
+
+H, W = 60, 40
+# three images: two objects, one object, none
+GT = {1: [((0, 0, 10, 50), 0), ((20, 5, 35, 25), 1)], 2: [((5, 5, 30, 30), 1)], 3: []}
+
+
+def _mask(box):
+    x0, y0, x1, y1 = box
+    m = np.zeros((H, W), np.uint8)
+    m[y0:y1, x0:x1] = 1
+    return m
+
+
+@pytest.fixture(scope="module")
+def tiny_coco(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_coco")
+    images, anns = [], []
+    for image_id, objects in GT.items():
+        images.append({"id": image_id, "file_name": f"{image_id}.jpg", "height": H, "width": W})
+        for box, cls in objects:
+            rle = mask_util.encode(np.asfortranarray(_mask(box)))
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": image_id,
+                    "category_id": cls + 1,
+                    "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                    "area": (box[2] - box[0]) * (box[3] - box[1]),
+                    "iscrowd": 0,
+                    "segmentation": {"size": [H, W], "counts": rle["counts"].decode()},
+                }
+            )
+    json_file = root / "instances.json"
+    cats = [{"id": 1, "name": "bar"}, {"id": 2, "name": "block"}]
+    json_file.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    name = "tiny_coco_eval_test"
+    if name not in DatasetCatalog.list():
+        register_coco_instances(name, {}, str(json_file), str(root))
+    return name, root
+
+
+def _instances(objects, score=0.9):
+    inst = Instances((H, W))
+    inst.pred_boxes = Boxes(torch.tensor([list(b) for b, _ in objects], dtype=torch.float32).reshape(-1, 4))
+    inst.pred_masks = torch.as_tensor(np.stack([_mask(b) for b, _ in objects]) if objects else np.zeros((0, H, W))).bool()
+    inst.scores = torch.full((len(objects),), score)
+    inst.pred_classes = torch.tensor([c for _, c in objects], dtype=torch.int64)
+    return {"instances": inst}
+
+
+def _evaluate(name, out_dir, predictions):
+    evaluator = build_evaluator(None, name, str(out_dir))
+    evaluator.reset()
+    for image_id, objects in predictions.items():
+        evaluator.process([{"image_id": image_id}], [_instances(objects)])
+    return evaluator.evaluate()
+
+
+def test_this_detectron2_has_no_fast_cocoeval_and_the_evaluator_falls_back(tiny_coco, tmp_path):
+    # this project's detectron2 is built without its C++ ops: _C has no COCOeval functions
+    assert not hasattr(detectron2._C, "COCOevalAccumulate")
+    assert fast_coco_eval_available() is False
+    assert build_evaluator(None, tiny_coco[0], str(tmp_path))._use_fast_impl is False
+
+
+def test_fast_cocoeval_detected_when_compiled(monkeypatch):
+    fake = types.ModuleType("detectron2._C")
+    for symbol in ("InstanceAnnotation", "COCOevalEvaluateImages", "COCOevalAccumulate"):
+        setattr(fake, symbol, object())
+    monkeypatch.setattr(detectron2, "_C", fake)
+    assert fast_coco_eval_available() is True
+    delattr(fake, "COCOevalAccumulate")
+    assert fast_coco_eval_available() is False
+
+
+def test_perfect_predictions_give_ap_100(tiny_coco, tmp_path):
+    results = _evaluate(tiny_coco[0], tmp_path, GT)
+    for task in ("bbox", "segm"):
+        assert results[task]["AP"] == pytest.approx(100.0)
+        assert results[task]["AP-bar"] == pytest.approx(100.0)
+
+
+def test_partial_overlap_gives_hand_computed_ap(tiny_coco, tmp_path):
+    # the "bar" (10x50) predicted as 10x31: IoU 0.62 -> matched at IoU 0.50, 0.55, 0.60 of the
+    # ten thresholds -> AP(bar) = 30; "block" stays perfect -> mean AP = (30 + 100) / 2
+    predictions = {1: [((0, 0, 10, 31), 0), ((20, 5, 35, 25), 1)], 2: [((5, 5, 30, 30), 1)], 3: []}
+    results = _evaluate(tiny_coco[0], tmp_path, predictions)
+    for task in ("bbox", "segm"):
+        assert results[task]["AP-bar"] == pytest.approx(30.0)
+        assert results[task]["AP"] == pytest.approx(65.0)
+        assert results[task]["AP50"] == pytest.approx(100.0)
+
+
+def test_wrong_classes_give_ap_0(tiny_coco, tmp_path):
+    predictions = {i: [(b, 1 - c) for b, c in objs] for i, objs in GT.items()}
+    results = _evaluate(tiny_coco[0], tmp_path, predictions)
+    assert results["bbox"]["AP"] == pytest.approx(0.0)
+    assert results["segm"]["AP"] == pytest.approx(0.0)
+
+
+def test_missing_annotation_file_is_named(tmp_path):
+    name = "tiny_coco_missing_json_test"
+    missing = tmp_path / "nowhere" / "instances.json"
+    register_coco_instances(name, {}, str(missing), str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        build_evaluator(None, name, str(tmp_path))
+    with pytest.raises(KeyError, match="not registered"):
+        build_evaluator(None, "no_such_dataset", str(tmp_path))
+
+
+class _SlowOracle(nn.Module):
+    """Returns the ground truth after sleeping ``delay`` seconds per image."""
+
+    def __init__(self, delay):
+        super().__init__()
+        self.delay = delay
+        self.anchor = nn.Parameter(torch.zeros(1))
+        self.calls_in_training_mode = 0
+
+    def forward(self, batched_inputs):
+        self.calls_in_training_mode += int(self.training)
+        time.sleep(self.delay * len(batched_inputs))
+        return [_instances(GT[x["image_id"]]) for x in batched_inputs]
+
+
+def test_inference_with_benchmark_reports_ap_and_speed(tiny_coco, tmp_path):
+    delay = 0.02
+    model = _SlowOracle(delay)
+    loader = [[{"image_id": 1}, {"image_id": 2}], [{"image_id": 3}]]
+    evaluator = build_evaluator(None, tiny_coco[0], str(tmp_path))
+    results, report = inference_with_benchmark(model, loader, evaluator, num_warmup=0)
+    assert results["segm"]["AP"] == pytest.approx(100.0)
+    assert model.calls_in_training_mode == 0 and model.training  # eval during, train mode restored
+    assert report.num_images == 3 and report.num_warmup_images == 0
+    assert delay * 1000 <= report.latency_ms_median < delay * 1000 + 30
+    assert 0.5 / delay < report.images_per_second <= 1.0 / delay
+    # warm-up calls are left out of the timing
+    _, report = inference_with_benchmark(model, loader * 3, None, num_warmup=2)
+    assert report.num_images == 9 - 3 and report.num_warmup_images == 3  # 2 warm-up calls: 2 + 1 images
+    assert report.peak_memory_mb > 10 and report.peak_memory_kind == "process peak RSS"
+    table = report.table()
+    assert "throughput (img/s)" in table and "latency per image" in table

@@ -55,7 +55,8 @@ def make_extension():
         sys.exit("no C++ compiler found (looked for `c++`): install g++ (e.g. apt-get install g++)")
     sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
     define_macros = []
-    extra = {"cxx": ["-O3", "-std=c++17"]}
+    # torch >= 2.14 headers need C++20; OpenMP lets at::parallel_for use every core.
+    extra = {"cxx": ["-O3", "-std=c++20", "-fopenmp"]}
     extension = cpp_extension.CppExtension
     if want_cuda():
         if torch.version.cuda is None:
@@ -69,7 +70,7 @@ def make_extension():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
         sources += sorted(glob.glob(os.path.join("csrc", "**", "*.cu"), recursive=True))
         define_macros.append(("WITH_CUDA", None))
-        extra["nvcc"] = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        extra["nvcc"] = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
         extension = cpp_extension.CUDAExtension
         print(f"[dimaskdino] building the CPU and CUDA op (CUDA_HOME={cuda_home}, "
               f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']})")
@@ -81,6 +82,7 @@ def make_extension():
         include_dirs=[os.path.join(ROOT, "csrc")],
         define_macros=define_macros,
         extra_compile_args=extra,
+        extra_link_args=["-fopenmp"],
     )
 
 

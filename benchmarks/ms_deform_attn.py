@@ -16,6 +16,9 @@ torch.cuda.max_memory_allocated above the inputs.
 
     python benchmarks/ms_deform_attn.py                 # CPU, all shapes, 1 and all threads
     python benchmarks/ms_deform_attn.py --device cuda   # GPU, float32 and bfloat16
+
+For bfloat16, value is bfloat16 and the locations and weights float32 (what autocast gives the op);
+the reference then computes in float32.
 """
 import argparse
 import json
@@ -71,8 +74,10 @@ def make_inputs(shape, locations, device, dtype, batch=1, seed=0):
         sampling_locations = reference.view(batch, Q, 1, 1, 1, 2) + offsets / level_size
     attention_weights = torch.rand(batch, Q, HEADS, L, POINTS, generator=gen)
     attention_weights = attention_weights / attention_weights.sum((-1, -2), keepdim=True)
-    floats = [t.to(device=device, dtype=dtype) for t in (value, sampling_locations, attention_weights)]
-    return [floats[0], spatial_shapes.to(device), level_start_index.to(device), floats[1], floats[2]]
+    # float16/bfloat16 runs keep locations and weights in float32, as autocast does (see ms_deform_attn)
+    coordinate_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    return [value.to(device, dtype), spatial_shapes.to(device), level_start_index.to(device),
+            sampling_locations.to(device, coordinate_dtype), attention_weights.to(device, coordinate_dtype)]
 
 
 def sync(device):

@@ -13,7 +13,9 @@ not timed. After ``--warmup`` iterations, ``--iters`` iterations are timed and a
 * backward, optimizer: ``loss.backward()`` and ``optimizer.step()`` (with gradient clipping).
 """
 import argparse
+import os
 import resource
+import sys
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -23,15 +25,20 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 
-import dimaskdino.modeling  # noqa: F401  (registers the model)
-from dimaskdino.config import add_dimaskdino_config
-from dimaskdino.engine import build_optimizer
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
 
-DEFAULT_CONFIG = "configs/embedded/dimaskdino_r18_embedded.yaml"
+import dimaskdino.modeling  # noqa: E402,F401  (registers the model)
+from dimaskdino.config import add_dimaskdino_config  # noqa: E402
+from dimaskdino.engine import build_optimizer  # noqa: E402
+
+DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs/embedded/dimaskdino_r18_embedded.yaml")
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", default=DEFAULT_CONFIG)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--image-size", type=int, default=128)
@@ -189,8 +196,9 @@ def main():
     else:
         peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         memory = f"peak process RSS: {peak_kib / 1024:.0f} MiB"
+    config = " ".join([os.path.relpath(args.config_file, REPO_ROOT)] + args.opts)
     print(
-        f"config {args.config_file} {' '.join(args.opts)}, device {args.device}, "
+        f"config {config}, device {args.device}, "
         f"{torch.get_num_threads()} threads, batch {args.batch_size} x {args.image_size}x{args.image_size}, "
         f"{args.instances} instances/image, {len(losses)} loss terms, mean of {args.iters} iterations "
         f"after {args.warmup} warm-up"

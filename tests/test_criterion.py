@@ -135,7 +135,8 @@ def test_point_sampling_prefers_uncertain_points_and_reads_targets():
 
 
 def test_denoising_indices_layout():
-    targets = [{"labels": torch.tensor([0, 1])}, {"labels": torch.tensor([1])}, {"labels": torch.zeros(0, dtype=torch.long)}]
+    labels = [torch.tensor([0, 1]), torch.tensor([1]), torch.zeros(0, dtype=torch.long)]
+    targets = [{"labels": x} for x in labels]
     indices = DIMaskDINOCriterion.denoising_indices(targets, num_groups=3, single_pad=2)
     assert indices[0][0].tolist() == [0, 1, 2, 3, 4, 5]
     assert indices[0][1].tolist() == [0, 1, 0, 1, 0, 1]
@@ -240,8 +241,14 @@ def test_zero_instance_images_give_finite_losses_and_gradients():
     outputs = stage()
     outputs["aux_outputs"] = [stage()]
     outputs["interm_outputs"] = stage()
-    outputs["ti_outputs"] = [{"pred_logits": torch.randn(2, 6, 2, requires_grad=True), "pred_boxes": torch.rand(2, 6, 4)}]
-    empty = {"labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4), "masks": torch.zeros(0, 32, 32, dtype=torch.bool)}
+    outputs["ti_outputs"] = [
+        {"pred_logits": torch.randn(2, 6, 2, requires_grad=True), "pred_boxes": torch.rand(2, 6, 4)}
+    ]
+    empty = {
+        "labels": torch.zeros(0, dtype=torch.long),
+        "boxes": torch.zeros(0, 4),
+        "masks": torch.zeros(0, 32, 32, dtype=torch.bool),
+    }
     losses = criterion(outputs, [empty, dict(empty)], dn_meta=None)
     assert "loss_mask_dn" in losses and losses["loss_mask_dn"].item() == 0.0
     for name, value in losses.items():
@@ -253,7 +260,11 @@ def test_zero_instance_images_give_finite_losses_and_gradients():
     assert torch.isfinite(outputs["pred_masks"].grad).all()
 
     # A batch mixing an empty image with a non-empty one.
-    one = {"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]]), "masks": torch.ones(1, 32, 32, dtype=torch.bool)}
+    one = {
+        "labels": torch.tensor([1]),
+        "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]]),
+        "masks": torch.ones(1, 32, 32, dtype=torch.bool),
+    }
     losses = criterion(stage(), [empty, one], dn_meta=None)
     assert all(torch.isfinite(v) for v in losses.values())
     assert losses["loss_mask"].item() > 0

@@ -47,10 +47,14 @@ def _scene(tmp_path, size=64):
         encoded["counts"] = encoded["counts"].decode()
         return encoded
 
+    def annotation(xywh, category, segmentation, **extra):
+        return {"bbox": xywh, "bbox_mode": BoxMode.XYWH_ABS, "category_id": category,
+                "segmentation": segmentation, **extra}
+
     annotations = [
-        {"bbox": [8.0, 8.0, 20.0, 20.0], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0, "segmentation": [square]},
-        {"bbox": [34.0, 30.0, 21.0, 21.0], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 1, "segmentation": rle(disk)},
-        {"bbox": [5.0, 50.0, 10.0, 10.0], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 2, "segmentation": rle(crowd), "iscrowd": 1},
+        annotation([8.0, 8.0, 20.0, 20.0], 0, [square]),
+        annotation([34.0, 30.0, 21.0, 21.0], 1, rle(disk)),
+        annotation([5.0, 50.0, 10.0, 10.0], 2, rle(crowd), iscrowd=1),
     ]
     return {"file_name": str(path), "height": size, "width": size, "image_id": 0, "annotations": annotations}
 

@@ -20,9 +20,13 @@ REPO = Path(__file__).resolve().parents[1]
 STATE_DICT_TSV = REPO.parent / "shared" / "reference" / "dimaskdino_r50_state_dict.tsv"
 
 needs_cpu_kernel = pytest.mark.skipif(not ms_deform_attn_backends()["cpu"], reason="dimaskdino._C is not built")
-needs_cuda_kernel = pytest.mark.skipif(
+_cuda_skip = pytest.mark.skipif(
     not ms_deform_attn_backends()["cuda"], reason="needs a GPU and dimaskdino._C built with FORCE_CUDA=1"
 )
+
+
+def needs_cuda_kernel(test):
+    return pytest.mark.gpu(_cuda_skip(test))
 
 
 def level_metadata(shapes, device="cpu"):

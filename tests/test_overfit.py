@@ -2,12 +2,11 @@
 inference then finds exactly the painted objects, with their classes, boxes and masks."""
 from pathlib import Path
 
-import pytest
 import torch
 from detectron2.structures import pairwise_iou
 
 from dimaskdino.engine import build_optimizer
-from tiny_training import TWO_IMAGES, painted_image, tiny_cfg, tiny_model
+from tiny_training import TWO_IMAGES, one_thread, painted_image, tiny_cfg, tiny_model  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 ITERATIONS = 100
@@ -15,16 +14,6 @@ ITERATIONS = 100
 
 def _mask_iou(a, b):
     return (a & b).sum().item() / max((a | b).sum().item(), 1)
-
-
-@pytest.fixture
-def one_thread():
-    """The tiny model's ops are too small to gain from threads; on a shared CPU, threads waiting
-    for each other made this test ten times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_tiny_model_overfits_two_images(one_thread):

@@ -22,7 +22,12 @@ class _ToyModel(nn.Module):
         super().__init__()
         self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
         self.head = nn.ModuleDict(
-            {"fc": nn.Linear(4, 2), "norm": nn.LayerNorm(2), "gn": nn.GroupNorm(2, 4), "embed": nn.Embedding(5, 2)}
+            {
+                "fc": nn.Linear(4, 2),
+                "norm": nn.LayerNorm(2),
+                "gn": nn.GroupNorm(2, 4),
+                "embed": nn.Embedding(5, 2),
+            }
         )
         self.frozen = nn.Linear(2, 2)
         self.frozen.requires_grad_(False)
@@ -120,7 +125,11 @@ def test_bad_optimizer_name_is_an_error():
 
 def test_check_losses_finite_names_terms_and_iteration():
     check_losses_finite({"loss_ce": torch.tensor(1.0)}, 3)
-    losses = {"loss_ce": torch.tensor(1.0), "loss_giou_2": torch.tensor(float("nan")), "loss_dice": torch.tensor(float("inf"))}
+    losses = {
+        "loss_ce": torch.tensor(1.0),
+        "loss_giou_2": torch.tensor(float("nan")),
+        "loss_dice": torch.tensor(float("inf")),
+    }
     with pytest.raises(FloatingPointError, match=r"iteration 7: loss_giou_2=nan, loss_dice=inf"):
         check_losses_finite(losses, 7)
 
@@ -162,7 +171,10 @@ def _register_images(tmp_path, name="_trainer_test_train", count=4):
         records.append(
             {
                 "file_name": str(path), "height": 32, "width": 32, "image_id": i,
-                "annotations": [{"bbox": [4.0, 4.0, 16.0, 16.0], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0, "segmentation": [square]}],
+                "annotations": [
+                    {"bbox": [4.0, 4.0, 16.0, 16.0], "bbox_mode": BoxMode.XYWH_ABS,
+                     "category_id": 0, "segmentation": [square]}
+                ],
             }
         )
     if name in DatasetCatalog.list():
@@ -245,7 +257,11 @@ def test_build_evaluator_delegates_to_the_project_evaluator(tmp_path, monkeypatc
     import dimaskdino.evaluation as evaluation
 
     calls = []
-    monkeypatch.setattr(evaluation, "build_evaluator", lambda cfg, name, folder: calls.append((name, folder)) or "evaluator", raising=False)
+    def fake_build_evaluator(cfg, name, folder):
+        calls.append((name, folder))
+        return "evaluator"
+
+    monkeypatch.setattr(evaluation, "build_evaluator", fake_build_evaluator)
     cfg = _trainer_cfg(tmp_path, max_iter=1)
     assert DIMaskDINOTrainer.build_evaluator(cfg, "some_dataset") == "evaluator"
     assert calls == [("some_dataset", str(tmp_path / "output" / "inference"))]

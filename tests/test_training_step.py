@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dimaskdino.engine import build_optimizer
-from tiny_training import TWO_IMAGES, painted_image, tiny_cfg, tiny_model
+from tiny_training import TWO_IMAGES, one_thread, painted_image, tiny_cfg, tiny_model  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 TERMS = ("loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice")
@@ -34,7 +34,7 @@ def _step(model, optimizer, batch):
 
 
 @pytest.mark.parametrize("di_and_bato", [True, False], ids=["DI-MaskDINO", "MaskDINO"])
-def test_every_parameter_gets_a_gradient(di_and_bato):
+def test_every_parameter_gets_a_gradient(di_and_bato, one_thread):
     cfg = tiny_cfg(REPO, DI_ENABLED=di_and_bato, BATO_ENABLED=di_and_bato)
     model = tiny_model(cfg)
     optimizer = build_optimizer(cfg, model)
@@ -61,7 +61,7 @@ def test_every_parameter_gets_a_gradient(di_and_bato):
     assert not zero, f"parameters with no gradient after one update: {zero}"
 
 
-def test_images_without_instances_train_without_nan():
+def test_images_without_instances_train_without_nan(one_thread):
     cfg = tiny_cfg(REPO)
     model = tiny_model(cfg)
     optimizer = build_optimizer(cfg, model)

@@ -1,4 +1,5 @@
 """A tiny DI-MaskDINO and synthetic batches for the training tests (not a test module)."""
+import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
@@ -9,6 +10,16 @@ from dimaskdino.config import add_dimaskdino_config
 
 EMBEDDED_CONFIG = "configs/embedded/dimaskdino_r18_embedded.yaml"
 COLOURS = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (220, 220, 30)]
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test with one torch thread: the tiny model's ops are too small to gain from threads,
+    and on a shared CPU threads waiting for each other made these tests ten times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny_cfg(repo_root, **maskdino):

@@ -26,7 +26,7 @@ def main(argv=None):
     parser.add_argument("--config-file", help="default: <output-dir>/config.yaml (saved by train_net.py)")
     parser.add_argument("--weights", help="default: <output-dir>/model_final.pth")
     parser.add_argument("--num-images", type=int, default=8)
-    parser.add_argument("--score-threshold", type=float, default=0.5)
+    parser.add_argument("--score-threshold", type=float, default=0.3, help="minimum score drawn")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
 

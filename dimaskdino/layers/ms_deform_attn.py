@@ -177,13 +177,16 @@ def _autocast_inputs(value, sampling_locations, attention_weights):
     """Under autocast: value in the autocast dtype on CUDA (float32 on CPU, whose kernel is float32/64),
     locations and weights in float32, which keeps sub-pixel precision on large maps."""
     device = value.device.type
-    value_dtype = torch.get_autocast_dtype(device) if device == "cuda" else torch.float32
     if not value.is_floating_point():
-        return value, sampling_locations, attention_weights
+        return value, sampling_locations, attention_weights  # _check_inputs explains
     if value.dtype != torch.float64:
-        value = value.to(value_dtype)
+        value = value.to(torch.get_autocast_dtype(device) if device == "cuda" else torch.float32)
     location_dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
-    return value, sampling_locations.to(location_dtype), attention_weights.to(location_dtype)
+
+    def cast(t):
+        return t.to(location_dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
+    return value, cast(sampling_locations), cast(attention_weights)
 
 
 def _match_value_dtype(value, t):

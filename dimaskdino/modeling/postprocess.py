@@ -34,6 +34,8 @@ def _resize_masks(mask_logits, padded_size, image_size, output_size):
     """(N, h, w) mask logits at 1/4 of the padded input -> (N, H_out, W_out)."""
     masks = F.interpolate(mask_logits[None], size=padded_size, mode="bilinear", align_corners=False)
     masks = masks[:, :, : image_size[0], : image_size[1]]
+    if tuple(output_size) == tuple(image_size):  # resizing to the same size copies exactly: skip it
+        return masks[0]
     return F.interpolate(masks, size=output_size, mode="bilinear", align_corners=False)[0]
 
 

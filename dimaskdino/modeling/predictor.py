@@ -110,6 +110,9 @@ class DIMaskDINOPredictor(nn.Module):
         self.initial_pred = initial_pred
         self.initialize_box_type = initialize_box_type
         self.dn = dn
+        # eval only: also return every stage's predictions (aux/interm/ti outputs, with masks), as in
+        # training; used by layer-wise evaluation (``dimaskdino.evaluation.layerwise``)
+        self.return_all_stages = False
 
         self.class_embed = nn.Linear(hidden_dim, num_classes)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
@@ -211,7 +214,7 @@ class DIMaskDINOPredictor(nn.Module):
         queries = selected.queries.detach()
         boxes_unsigmoid = selected.boxes_unsigmoid.detach()
         interm = None
-        if self.training or self.initialize_box_type != "no":
+        if self.training or self.return_all_stages or self.initialize_box_type != "no":
             logits, masks = self.predict(selected.queries, mask_features)
             interm = _stage_dict(logits, masks, selected.boxes_unsigmoid.sigmoid())
             if self.initialize_box_type != "no":
@@ -229,7 +232,7 @@ class DIMaskDINOPredictor(nn.Module):
         """Token interaction and the second selection; the TI layers' predictions in training."""
         di_output = self.di_module(queries, boxes_unsigmoid, self.class_embed)
         ti_outputs = []
-        if self.training:
+        if self.training or self.return_all_stages:
             for states, refined in zip(di_output.layer_outputs, di_output.layer_boxes):
                 logits, _ = self.predict(states, None, with_masks=False)
                 boxes = (self.di_module.box_embed(states) + inverse_sigmoid(refined)).sigmoid()
@@ -254,13 +257,13 @@ class DIMaskDINOPredictor(nn.Module):
     def _decode(self, queries, boxes_unsigmoid, memory: "_Memory", mask_features, attn_mask):
         """Predictions (logits, masks, boxes) of every stage: the initial one, then each decoder layer.
 
-        Outside training only the last stage is computed (masks from the BATO-updated features for
-        decoder layers >= 1).
+        Outside training (unless ``return_all_stages``) only the last stage is computed (masks from the
+        BATO-updated features for decoder layers >= 1).
         """
-        training = self.training
+        all_stages = self.training or self.return_all_stages
         stages = []
         if self.initial_pred:
-            logits, masks = self.predict(queries, mask_features, with_masks=training)
+            logits, masks = self.predict(queries, mask_features, with_masks=all_stages)
             stages.append((logits, masks, boxes_unsigmoid.sigmoid()))
         state = {"mask_features": mask_features}
         hook = None if self.bato is None else self._bato_hook(memory, mask_features, state)
@@ -270,7 +273,7 @@ class DIMaskDINOPredictor(nn.Module):
         )
         num_layers = len(decoded.hidden_states)
         for i, hidden in enumerate(decoded.hidden_states):
-            if not training and i != num_layers - 1:
+            if not all_stages and i != num_layers - 1:
                 continue
             logits, masks = self.predict(hidden, mask_features if i == 0 else state["mask_features"])
             stages.append((logits, masks, self.refine_boxes(hidden, decoded.references[i])))
@@ -304,7 +307,11 @@ class DIMaskDINOPredictor(nn.Module):
 
         stages = self._decode(queries, boxes_unsigmoid, memory, mask_features, None if dn is None else dn.attn_mask)
         if not self.training:
-            return _stage_dict(*stages[-1]), None
+            outputs = _stage_dict(*stages[-1])
+            if self.return_all_stages:
+                outputs.update(aux_outputs=[_stage_dict(*s) for s in stages[:-1]], interm_outputs=interm,
+                               ti_outputs=ti_outputs)
+            return outputs, None
         if dn is None:
             # keeps label_enc in the graph (distributed training needs every parameter used)
             logits, masks, boxes = stages[-1]

@@ -1,0 +1,305 @@
+"""Layer-wise COCO evaluation: box and mask AP of every prediction stage of one model.
+
+DI-MaskDINO's motivation is the detection-segmentation imbalance of MaskDINO's early decoder layers
+(box AP far below mask AP). This module evaluates each stage of the query pipeline on its own:
+
+* ``interm``: the two-stage proposals of the encoder (class, boxes, masks),
+* ``ti1`` .. ``tiT``: the DI module's token-interaction layers (class and boxes only: box AP only),
+* ``initial``: the prediction before the first decoder layer (``MODEL.MaskDINO.INITIAL_PRED``),
+* ``dec1`` .. ``decD``: every decoder layer; the last one is the model's final output.
+
+Every stage is turned into ``Instances`` with the post-processing of the final output
+(:func:`dimaskdino.modeling.postprocess.instance_inference`; stages without masks keep the same top-k
+over (query, class) pairs scored by class score alone) and fed to its own detectron2 COCOEvaluator.
+"""
+import contextlib
+import json
+import logging
+import math
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from detectron2.evaluation import COCOEvaluator
+from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.utils.logger import log_every_n_seconds
+
+from ..modeling.postprocess import instance_inference, scale_boxes
+from .coco import build_evaluator, fast_coco_eval_available
+
+__all__ = [
+    "Stage",
+    "StageResult",
+    "all_stage_outputs",
+    "box_instance_inference",
+    "build_stage_evaluators",
+    "format_table",
+    "layerwise_inference",
+    "model_stages",
+    "plot_layerwise_ap",
+    "stage_instances",
+    "write_json",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One prediction stage: its name and whether it predicts masks."""
+
+    name: str
+    has_masks: bool
+
+
+@dataclass
+class StageResult:
+    """COCO AP of one stage (NaN where not evaluated); ``metrics``: the evaluator's full result."""
+
+    name: str
+    box_ap: float
+    mask_ap: float
+    metrics: Dict[str, Dict[str, float]]
+
+    @property
+    def box_minus_mask(self) -> float:
+        return self.box_ap - self.mask_ap
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)  # DistributedDataParallel
+
+
+def _predictor(model):
+    try:
+        return _unwrap(model).sem_seg_head.predictor
+    except AttributeError as error:
+        raise TypeError(
+            f"layer-wise evaluation needs a DI-MaskDINO model (sem_seg_head.predictor), got {type(model).__name__}"
+        ) from error
+
+
+def model_stages(model) -> List[Stage]:
+    """The stages of a built model, in pipeline order (the last one is the final output)."""
+    predictor = _predictor(model)
+    stages = [Stage("interm", True)]
+    if predictor.di_module is not None:
+        stages += [Stage(f"ti{i + 1}", False) for i in range(len(predictor.di_module.layers))]
+    if predictor.initial_pred:
+        stages.append(Stage("initial", True))
+    stages += [Stage(f"dec{i + 1}", True) for i in range(len(predictor.decoder.layers))]
+    return stages
+
+
+@contextlib.contextmanager
+def all_stage_outputs(model):
+    """Within the context, the model's predictor also returns every stage's predictions in eval mode."""
+    predictor = _predictor(model)
+    previous = predictor.return_all_stages
+    predictor.return_all_stages = True
+    try:
+        yield
+    finally:
+        predictor.return_all_stages = previous
+
+
+def _ordered_stage_outputs(outputs, stages: Sequence[Stage]) -> List[Dict[str, Optional[torch.Tensor]]]:
+    """The predictor's output dict -> one {pred_logits, pred_boxes, pred_masks?} per stage."""
+    ordered = [outputs["interm_outputs"], *outputs["ti_outputs"], *outputs["aux_outputs"], outputs]
+    if len(ordered) != len(stages) or any(o is None for o in ordered):
+        raise RuntimeError(
+            f"the predictor returned {len(ordered)} stages, expected {len(stages)} "
+            f"({', '.join(s.name for s in stages)}): is return_all_stages on?"
+        )
+    return ordered
+
+
+def box_instance_inference(
+    logits,
+    boxes,
+    padded_size: Tuple[int, int],
+    image_size: Tuple[int, int],
+    output_size: Tuple[int, int],
+    max_detections: int = 100,
+) -> Instances:
+    """Instances of a stage without masks: the top-k (query, class) pairs by sigmoid class score, as
+    in ``instance_inference`` with ``score_from_box_only``.
+
+    Args:
+        logits: (Q, K) class logits; boxes: (Q, 4) sigmoid cxcywh relative to the padded input
+        padded_size, image_size, output_size: (height, width), see ``instance_inference``
+    Returns:
+        Instances of size ``output_size`` with pred_boxes (xyxy), scores and pred_classes
+    """
+    num_classes = logits.shape[1]
+    scores = logits.sigmoid().flatten()
+    top_scores, top_index = scores.topk(min(max_detections, scores.numel()), sorted=False)
+    query_index = torch.div(top_index, num_classes, rounding_mode="floor")
+    result = Instances(tuple(output_size))
+    result.pred_boxes = Boxes(scale_boxes(boxes[query_index], padded_size, image_size, output_size))
+    result.scores = top_scores
+    result.pred_classes = top_index % num_classes
+    return result
+
+
+@torch.no_grad()
+def stage_instances(model, batched_inputs: List[Dict]) -> List[Dict[str, Instances]]:
+    """Per image, stage name -> Instances, batched and post-processed exactly as
+    ``DIMaskDINO.inference`` (so the last decoder layer's Instances are the model's output)."""
+    meta = _unwrap(model)
+    stages = model_stages(meta)
+    images = meta.normalized_images(batched_inputs)
+    groups: Dict[Tuple[int, int], List[int]] = OrderedDict()
+    for i, image in enumerate(images):
+        groups.setdefault(meta._padded_size(image), []).append(i)
+    results: List[Optional[Dict[str, Instances]]] = [None] * len(images)
+    with all_stage_outputs(meta):
+        for indices in groups.values():
+            batch = ImageList.from_tensors([images[i] for i in indices], meta.size_divisibility)
+            outputs, _ = meta.sem_seg_head(meta.backbone(batch.tensor))
+            per_stage = _ordered_stage_outputs(outputs, stages)
+            padded_size = tuple(batch.tensor.shape[-2:])
+            for j, i in enumerate(indices):
+                image_size = tuple(batch.image_sizes[j])
+                output_size = (
+                    int(batched_inputs[i].get("height", image_size[0])),
+                    int(batched_inputs[i].get("width", image_size[1])),
+                )
+                results[i] = {
+                    stage.name: _stage_to_instances(meta, stage, out, j, padded_size, image_size, output_size)
+                    for stage, out in zip(stages, per_stage)
+                }
+    return results
+
+
+def _stage_to_instances(meta, stage: Stage, out, j, padded_size, image_size, output_size) -> Instances:
+    if stage.has_masks:
+        return instance_inference(
+            out["pred_logits"][j], out["pred_masks"][j], out["pred_boxes"][j], padded_size, image_size, output_size,
+            max_detections=meta.test_topk_per_image, score_from_box_only=meta.focus_on_box,
+        )
+    return box_instance_inference(
+        out["pred_logits"][j], out["pred_boxes"][j], padded_size, image_size, output_size,
+        max_detections=meta.test_topk_per_image,
+    )
+
+
+def build_stage_evaluators(cfg, dataset_name: str, stages: Sequence[Stage], output_dir: Optional[str] = None):
+    """One COCOEvaluator per stage (``build_evaluator``'s; box-only stages evaluate "bbox" only),
+    writing into ``output_dir/<stage>`` when ``output_dir`` is given."""
+    evaluators = OrderedDict()
+    for stage in stages:
+        stage_dir = os.path.join(output_dir, stage.name) if output_dir else None
+        if stage.has_masks:
+            evaluators[stage.name] = build_evaluator(cfg, dataset_name, stage_dir)
+        else:
+            evaluators[stage.name] = COCOEvaluator(
+                dataset_name, tasks=("bbox",), distributed=True, output_dir=stage_dir,
+                max_dets_per_image=100, use_fast_impl=fast_coco_eval_available(),
+            )
+    return evaluators
+
+
+def _ap(metrics: Dict, task: str) -> float:
+    value = metrics.get(task, {}).get("AP", float("nan")) if metrics else float("nan")
+    return float(value)
+
+
+@torch.no_grad()
+def layerwise_inference(model, data_loader, evaluators: Dict[str, COCOEvaluator]) -> List[StageResult]:
+    """Run ``model`` once over ``data_loader`` and evaluate every stage with ``evaluators`` (stage name
+    -> evaluator, e.g. from :func:`build_stage_evaluators`). Returns the stages' results in order."""
+    meta = _unwrap(model)
+    names = [s.name for s in model_stages(meta)]
+    if list(evaluators) != names:
+        raise ValueError(f"evaluators must be given for the stages {names} in this order, got {list(evaluators)}")
+    for evaluator in evaluators.values():
+        evaluator.reset()
+    was_training = meta.training
+    meta.eval()
+    try:
+        total = len(data_loader)
+        for idx, inputs in enumerate(data_loader):
+            per_image = stage_instances(meta, inputs)
+            for name, evaluator in evaluators.items():
+                evaluator.process(inputs, [{"instances": stages[name]} for stages in per_image])
+            log_every_n_seconds(logging.INFO, f"Layer-wise inference done {idx + 1}/{total}.", n=10)
+    finally:
+        meta.train(was_training)
+    results = []
+    for name, evaluator in evaluators.items():
+        metrics = evaluator.evaluate() or {}
+        results.append(StageResult(name, _ap(metrics, "bbox"), _ap(metrics, "segm"), dict(metrics)))
+    return results
+
+
+def _fmt(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2f}"
+
+
+def format_table(results: Sequence[StageResult]) -> str:
+    """A text table: stage, box AP, mask AP, box AP - mask AP ("-" where a stage has no masks); the
+    last row (the model's final output) is marked."""
+    rows = [("stage", "box AP", "mask AP", "box - mask")]
+    for i, r in enumerate(results):
+        name = f"{r.name} (final)" if i == len(results) - 1 else r.name
+        rows.append((name, _fmt(r.box_ap), _fmt(r.mask_ap), _fmt(r.box_minus_mask)))
+    widths = [max(len(row[c]) for row in rows) for c in range(4)]
+    lines = [" | ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _json_number(value: float) -> Optional[float]:
+    return None if math.isnan(value) else value
+
+
+def write_json(results: Sequence[StageResult], path: str, dataset_name: str = "") -> None:
+    """The numbers of every stage (NaN written as null), with the final stage's name."""
+    data = {
+        "dataset": dataset_name,
+        "final_stage": results[-1].name if results else None,
+        "stages": [
+            {
+                "name": r.name,
+                "box_ap": _json_number(r.box_ap),
+                "mask_ap": _json_number(r.mask_ap),
+                "box_minus_mask_ap": _json_number(r.box_minus_mask),
+                "metrics": {task: {k: _json_number(float(v)) for k, v in m.items()} for task, m in r.metrics.items()},
+            }
+            for r in results
+        ],
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
+
+
+def plot_layerwise_ap(results: Sequence[StageResult], path: str, title: str = "") -> None:
+    """A PNG line plot of box and mask AP per stage (mask AP absent for box-only stages)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    x = list(range(len(results)))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(results) + 2), 3.6))
+    for values, style, label in (([r.box_ap for r in results], "o-", "box AP"),
+                                 ([r.mask_ap for r in results], "s-", "mask AP")):
+        points = [(i, v) for i, v in zip(x, values) if not math.isnan(v)]  # box-only stages: no mask point
+        ax.plot([i for i, _ in points], [v for _, v in points], style, label=label)
+    ax.set_xticks(x)
+    ax.set_xticklabels([r.name for r in results], rotation=30)
+    ax.set_xlabel("stage")
+    ax.set_ylabel("AP")
+    ax.set_title(title or "AP per stage")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -89,6 +90,20 @@ def test_yaml_training_then_eval_only_prints_ap_and_throughput(cache, tmp_path):
     with open(os.path.join(out_dir, "inference_benchmark_embedded_shapes_val.json")) as f:
         report = json.load(f)
     assert report["num_images"] + report["num_warmup_images"] == 6 and report["images_per_second"] > 0
+
+    # the demo draws the predictions of the same weights on a folder of images
+    images = os.path.join(cache, "embedded_shapes", EMBEDDED_VERSION, "val")
+    drawings = str(tmp_path / "drawings")
+    out = subprocess.run(
+        [sys.executable, os.path.join(REPO, "demo", "demo.py"), "--config-file", YAML, "--input", images,
+         "--output", drawings, "--confidence-threshold", "0.0", "--opts", *FAST, "MODEL.WEIGHTS", weights],
+        env=_env(cache), cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sorted(os.listdir(drawings)) == sorted(os.listdir(images))
+    drawing = cv2.imread(os.path.join(drawings, "000000.png"))
+    original = cv2.imread(os.path.join(images, "000000.png"))
+    assert drawing.shape == original.shape and not np.array_equal(drawing, original)  # something drawn
 
 
 @pytest.mark.slow

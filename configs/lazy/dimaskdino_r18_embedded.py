@@ -38,17 +38,18 @@ predictor.num_queries = 20
 predictor.first_selected_queries = 40
 predictor.num_guiding_tokens = 10
 predictor.dn_num = 20
+predictor.initialize_box_type = "no"
 model.criterion.num_points = 784
 model.test_topk_per_image = 50
 
-train.max_iter = 2000
+train.max_iter = 1000
 train.device = "cpu"
 train.amp.enabled = False
 train.seed = 0
 train.eval_period = 0
-train.checkpointer.period = 500
+train.checkpointer.period = 400
 train.output_dir = "./output/embedded_r18_lazy"
 optimizer.base_lr = 5e-4
 optimizer.backbone_multiplier = 1.0
-lr_multiplier = step_schedule(train.max_iter, steps=[1700], warmup_iters=50)
+lr_multiplier = step_schedule(train.max_iter, steps=[870], warmup_iters=50)
 del decoder, predictor  # aliases only: not part of the config

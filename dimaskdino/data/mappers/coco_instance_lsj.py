@@ -9,13 +9,10 @@ import copy
 import logging
 from typing import List
 
-import numpy as np
-import torch
 from detectron2.config import configurable
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from .instance_targets import instances_from_annotations
+from .instance_targets import instances_from_annotations, read_and_augment
 
 __all__ = ["COCOInstanceLSJDatasetMapper", "build_lsj_augmentation"]
 
@@ -81,17 +78,12 @@ class COCOInstanceLSJDatasetMapper:
 
     def __call__(self, dataset_dict: dict) -> dict:
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
-        utils.check_image_size(dataset_dict, image)
-        aug_input = T.AugInput(image)
-        transforms = self.augmentations(aug_input)
-        image = aug_input.image
-        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        transforms = read_and_augment(dataset_dict, self.augmentations, self.image_format)
         if "annotations" in dataset_dict:
             dataset_dict["instances"] = instances_from_annotations(
                 dataset_dict.pop("annotations"),
                 transforms,
-                image.shape[:2],
+                tuple(dataset_dict["image"].shape[1:]),
                 boxes_from_masks=True,
                 file_name=dataset_dict["file_name"],
             )

@@ -10,14 +10,11 @@ import copy
 import logging
 from typing import List
 
-import numpy as np
-import torch
 from detectron2.config import configurable
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
 from .coco_instance_lsj import build_flip
-from .instance_targets import instances_from_annotations
+from .instance_targets import instances_from_annotations, read_and_augment
 
 __all__ = ["DETRInstanceDatasetMapper", "build_detr_augmentation"]
 
@@ -74,12 +71,7 @@ class DETRInstanceDatasetMapper:
 
     def __call__(self, dataset_dict: dict) -> dict:
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
-        utils.check_image_size(dataset_dict, image)
-        aug_input = T.AugInput(image)
-        transforms = self.augmentations(aug_input)
-        image = aug_input.image
-        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        transforms = read_and_augment(dataset_dict, self.augmentations, self.image_format)
         if not self.is_train:
             dataset_dict.pop("annotations", None)
             return dataset_dict
@@ -87,7 +79,7 @@ class DETRInstanceDatasetMapper:
             dataset_dict["instances"] = instances_from_annotations(
                 dataset_dict.pop("annotations"),
                 transforms,
-                image.shape[:2],
+                tuple(dataset_dict["image"].shape[1:]),
                 boxes_from_masks=False,
                 file_name=dataset_dict["file_name"],
             )

@@ -1,12 +1,24 @@
 """Turning an image's transformed annotations into the training ``Instances`` of DI-MaskDINO."""
 from typing import List, Tuple
 
+import numpy as np
 import torch
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Instances, PolygonMasks
 
-__all__ = ["instances_from_annotations"]
+__all__ = ["instances_from_annotations", "read_and_augment"]
+
+
+def read_and_augment(dataset_dict: dict, augmentations: T.AugmentationList, image_format: str):
+    """Read the image of ``dataset_dict``, apply the augmentations and store it as its "image"
+    (3, H, W) uint8 tensor (in place). Returns the transforms applied."""
+    image = utils.read_image(dataset_dict["file_name"], format=image_format)
+    utils.check_image_size(dataset_dict, image)
+    aug_input = T.AugInput(image)
+    transforms = augmentations(aug_input)
+    dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
+    return transforms
 
 
 def _all_polygons(annotations: List[dict]) -> bool:

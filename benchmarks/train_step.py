@@ -109,20 +109,20 @@ class StageTimer:
 def time_full_scale_matcher(device, repeats=5):
     """Milliseconds of one image's Hungarian matching with the paper's sizes."""
     from dimaskdino.modeling.matcher import HungarianMatcher
+    from dimaskdino.modeling.outputs import StagePrediction
 
     generator = torch.Generator().manual_seed(0)
     queries, classes, instances = 300, 80, 20
-    outputs = {
-        "pred_logits": torch.randn(1, queries, classes, generator=generator),
-        "pred_boxes": torch.rand(1, queries, 4, generator=generator) * 0.5 + 0.25,
-        "pred_masks": torch.randn(1, queries, 256, 256, generator=generator),
-    }
+    outputs = StagePrediction(
+        logits=torch.randn(1, queries, classes, generator=generator).to(device),
+        boxes=(torch.rand(1, queries, 4, generator=generator) * 0.5 + 0.25).to(device),
+        masks=torch.randn(1, queries, 256, 256, generator=generator).to(device),
+    )
     targets = [{
         "labels": torch.randint(0, classes, (instances,), generator=generator),
         "boxes": torch.rand(instances, 4, generator=generator) * 0.5 + 0.25,
         "masks": torch.rand(instances, 1024, 1024, generator=generator) > 0.5,
     }]
-    outputs = {k: v.to(device) for k, v in outputs.items()}
     targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
     matcher = HungarianMatcher(num_points=12544)
     timer = StageTimer(device)

@@ -13,7 +13,9 @@ from dimaskdino.modeling.criterion import (
     sigmoid_ce_loss,
     sigmoid_focal_loss,
 )
+from dimaskdino.modeling.denoising import DenoisingOutput
 from dimaskdino.modeling.matcher import HungarianMatcher
+from dimaskdino.modeling.outputs import PredictorOutput, StagePrediction
 
 WEIGHTS = {"loss_ce": 4.0, "loss_bbox": 5.0, "loss_giou": 2.0, "loss_mask": 5.0, "loss_dice": 3.0}
 LN2 = math.log(2)
@@ -46,11 +48,11 @@ def _fixed_points(point_logits, point_labels):
 
 def _one_instance_case():
     """One image, two queries, two classes, one target of class 1 that query 0 clearly matches."""
-    outputs = {
-        "pred_logits": torch.tensor([[[-2.0, 3.0], [1.0, -1.0]]], requires_grad=True),
-        "pred_boxes": torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.1, 0.1, 0.05, 0.05]]]),
-        "pred_masks": torch.zeros(1, 2, 4, 4, requires_grad=True),
-    }
+    outputs = PredictorOutput(final=StagePrediction(
+        logits=torch.tensor([[[-2.0, 3.0], [1.0, -1.0]]], requires_grad=True),
+        boxes=torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.1, 0.1, 0.05, 0.05]]]),
+        masks=torch.zeros(1, 2, 4, 4, requires_grad=True),
+    ))
     targets = [
         {
             "labels": torch.tensor([1]),
@@ -101,11 +103,11 @@ def test_losses_are_normalised_by_instances_in_batch():
     outputs, targets = _one_instance_case()
     # A second image whose only target is matched perfectly by its query 0: it adds no box loss
     # but doubles the normaliser.
-    outputs = {
-        "pred_logits": torch.cat([outputs["pred_logits"].detach()] * 2),
-        "pred_boxes": torch.cat([outputs["pred_boxes"], outputs["pred_boxes"]]),
-        "pred_masks": torch.zeros(2, 2, 4, 4),
-    }
+    outputs = PredictorOutput(final=StagePrediction(
+        logits=torch.cat([outputs.final.logits.detach()] * 2),
+        boxes=torch.cat([outputs.final.boxes, outputs.final.boxes]),
+        masks=torch.zeros(2, 2, 4, 4),
+    ))
     second = {
         "labels": torch.tensor([1]),
         "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]]),
@@ -145,7 +147,7 @@ def test_denoising_indices_layout():
     assert indices[2][0].numel() == 0
 
 
-def _dn_meta(targets, groups):
+def _denoising(targets, groups):
     single_pad = max(len(t["labels"]) for t in targets)
     pad = groups * single_pad
     batch = len(targets)
@@ -155,18 +157,18 @@ def _dn_meta(targets, groups):
         for g in range(groups):
             n = len(t["labels"])
             boxes[b, g * single_pad : g * single_pad + n] = t["boxes"]
-    dn_outputs = {"pred_logits": logits, "pred_boxes": boxes, "pred_masks": torch.zeros(batch, pad, 4, 4)}
-    dn_outputs["aux_outputs"] = [dict(dn_outputs) for _ in range(2)]
-    return {"num_groups": groups, "single_pad": single_pad, "pad_size": pad, "outputs": dn_outputs}
+    final = StagePrediction(logits, boxes, torch.zeros(batch, pad, 4, 4))
+    return DenoisingOutput(final, [StagePrediction(logits, boxes, final.masks) for _ in range(2)], groups, single_pad,
+                           pad)
 
 
 def test_denoising_losses_hand_computed():
     criterion = _criterion(dn="standard")
     outputs, targets = _one_instance_case()
-    meta = _dn_meta(targets, groups=3)
+    outputs.denoising = _denoising(targets, groups=3)
     # Shift the width of the group-1 reconstruction by 0.3: L1 = 0.3 over num_boxes * groups = 3.
-    meta["outputs"]["pred_boxes"][0, 1, 2] += 0.3
-    losses = criterion(outputs, targets, meta)
+    outputs.denoising.final.boxes[0, 1, 2] += 0.3
+    losses = criterion(outputs, targets)
     assert losses["loss_bbox_dn"].item() == pytest.approx(5.0 * 0.3 / 3, rel=1e-5)
     # All logits 0: each of the 3 x 2 entries costs the focal loss of p = 0.5; three are positive.
     focal = 3 * 0.25 * 0.25 * LN2 + 3 * 0.75 * 0.25 * LN2
@@ -177,13 +179,13 @@ def test_denoising_losses_hand_computed():
 def test_loss_names_of_every_stage():
     criterion = _criterion(dn="seg")
     outputs, targets = _one_instance_case()
-    stage = {k: outputs[k].detach() for k in ("pred_logits", "pred_boxes", "pred_masks")}
-    outputs["aux_outputs"] = [dict(stage), dict(stage)]
-    outputs["interm_outputs"] = dict(stage)
-    outputs["ti_outputs"] = [
-        {"pred_logits": torch.zeros(1, 5, 2), "pred_boxes": torch.full((1, 5, 4), 0.3)} for _ in range(2)
-    ]
-    losses = criterion(outputs, targets, _dn_meta(targets, groups=2))
+    final = outputs.final
+    stage = StagePrediction(final.logits.detach(), final.boxes.detach(), final.masks.detach())
+    outputs.aux = [stage, stage]
+    outputs.interm = stage
+    outputs.ti = [StagePrediction(torch.zeros(1, 5, 2), torch.full((1, 5, 4), 0.3)) for _ in range(2)]
+    outputs.denoising = _denoising(targets, groups=2)
+    losses = criterion(outputs, targets)
     expected = set()
     for suffix in ["", "_0", "_1", "_interm", "_dn", "_dn_0", "_dn_1"]:
         expected |= {name + suffix for name in LOSS_NAMES}
@@ -193,13 +195,13 @@ def test_loss_names_of_every_stage():
     assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
 
     # Without the interm output the first auxiliary layer has no denoising loss (as the authors).
-    del outputs["interm_outputs"]
-    losses = criterion(outputs, targets, _dn_meta(targets, groups=2))
+    outputs.interm = None
+    losses = criterion(outputs, targets)
     assert "loss_ce_dn_0" not in losses and "loss_ce_dn_1" in losses
 
     # Without deep supervision only the final, interm and last-layer denoising losses remain.
     shallow = _criterion(dn="seg", deep_supervision=False)
-    losses = shallow(outputs, targets, _dn_meta(targets, groups=2))
+    losses = shallow(outputs, targets)
     assert set(losses) == {n + s for n in LOSS_NAMES for s in ("", "_dn")}
 
 
@@ -233,31 +235,27 @@ def test_missing_or_unknown_weight_is_an_error():
 def test_zero_instance_images_give_finite_losses_and_gradients():
     criterion = _criterion(dn="seg")
     generator = torch.Generator().manual_seed(0)
-    stage = lambda: {  # noqa: E731
-        "pred_logits": torch.randn(2, 4, 2, generator=generator).requires_grad_(),
-        "pred_boxes": torch.rand(2, 4, 4, generator=generator).requires_grad_(),
-        "pred_masks": torch.randn(2, 4, 8, 8, generator=generator).requires_grad_(),
-    }
-    outputs = stage()
-    outputs["aux_outputs"] = [stage()]
-    outputs["interm_outputs"] = stage()
-    outputs["ti_outputs"] = [
-        {"pred_logits": torch.randn(2, 6, 2, requires_grad=True), "pred_boxes": torch.rand(2, 6, 4)}
-    ]
+    stage = lambda: StagePrediction(  # noqa: E731
+        torch.randn(2, 4, 2, generator=generator).requires_grad_(),
+        torch.rand(2, 4, 4, generator=generator).requires_grad_(),
+        torch.randn(2, 4, 8, 8, generator=generator).requires_grad_(),
+    )
+    outputs = PredictorOutput(final=stage(), aux=[stage()], interm=stage(),
+                              ti=[StagePrediction(torch.randn(2, 6, 2, requires_grad=True), torch.rand(2, 6, 4))])
     empty = {
         "labels": torch.zeros(0, dtype=torch.long),
         "boxes": torch.zeros(0, 4),
         "masks": torch.zeros(0, 32, 32, dtype=torch.bool),
     }
-    losses = criterion(outputs, [empty, dict(empty)], dn_meta=None)
+    losses = criterion(outputs, [empty, dict(empty)])
     assert "loss_mask_dn" in losses and losses["loss_mask_dn"].item() == 0.0
     for name, value in losses.items():
         assert torch.isfinite(value), name
     assert losses["loss_ce"].item() > 0  # every query is pushed towards background
     assert losses["loss_bbox"].item() == 0.0 and losses["loss_mask"].item() == 0.0
     sum(losses.values()).backward()
-    assert torch.isfinite(outputs["pred_logits"].grad).all()
-    assert torch.isfinite(outputs["pred_masks"].grad).all()
+    assert torch.isfinite(outputs.final.logits.grad).all()
+    assert torch.isfinite(outputs.final.masks.grad).all()
 
     # A batch mixing an empty image with a non-empty one.
     one = {
@@ -265,7 +263,7 @@ def test_zero_instance_images_give_finite_losses_and_gradients():
         "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]]),
         "masks": torch.ones(1, 32, 32, dtype=torch.bool),
     }
-    losses = criterion(stage(), [empty, one], dn_meta=None)
+    losses = criterion(PredictorOutput(final=stage()), [empty, one])
     assert all(torch.isfinite(v) for v in losses.values())
     assert losses["loss_mask"].item() > 0
 
@@ -277,10 +275,10 @@ def test_bad_targets_raise_clear_errors():
     with pytest.raises(ValueError, match=r"targets\[0\]\['labels'\]"):
         criterion(outputs, targets)
     outputs, targets = _one_instance_case()
-    meta = _dn_meta(targets, groups=2)
-    meta["pad_size"] = 3
+    outputs.denoising = _denoising(targets, groups=2)
+    outputs.denoising.pad_size = 3
     with pytest.raises(ValueError, match="pad_size"):
-        _criterion(dn="seg")(outputs, targets, meta)
+        _criterion(dn="seg")(outputs, targets)
 
 
 def _loss_cfg():

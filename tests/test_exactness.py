@@ -69,7 +69,7 @@ def eval_outputs(model):
     model.eval()
     with torch.no_grad():
         images = ImageList.from_tensors(model.normalized_images([x]), model.size_divisibility)
-        outputs, _ = model.sem_seg_head(model.backbone(images.tensor))
+        outputs = model.sem_seg_head(model.backbone(images.tensor))
         instances = model([x])[0]["instances"]
     return outputs, instances
 
@@ -97,16 +97,16 @@ def assert_instances_match(instances, expected, score_atol, box_atol, mask_misma
 
 def compared_outputs(model) -> Dict[str, torch.Tensor]:
     """Fixture key -> our tensor (first image) for every raw output the fixture holds."""
-    outputs, _ = eval_outputs(model)
-    got = {f"eval_{key}": outputs[key][0] for key in ("pred_logits", "pred_boxes", "pred_masks")}
-    outputs, dn_meta = training_outputs(model)
-    stages = {"": outputs, "interm_": outputs["interm_outputs"], "dn_": dn_meta["outputs"]}
-    stages.update({f"aux{i}_": aux for i, aux in enumerate(outputs["aux_outputs"])})
-    stages.update({f"ti{i}_": ti for i, ti in enumerate(outputs["ti_outputs"])})
+    stages = {"eval_": eval_outputs(model)[0].final}
+    outputs = training_outputs(model)
+    stages.update({"train_": outputs.final, "train_interm_": outputs.interm, "train_dn_": outputs.denoising.final})
+    stages.update({f"train_aux{i}_": aux for i, aux in enumerate(outputs.aux)})
+    stages.update({f"train_ti{i}_": ti for i, ti in enumerate(outputs.ti)})
+    got = {}
     for prefix, stage in stages.items():
-        for key in ("pred_logits", "pred_boxes", "pred_masks"):
-            if stage.get(key) is not None and f"train_{prefix}{key}" in EXPECTED_KEYS:
-                got[f"train_{prefix}{key}"] = stage[key][0]
+        for key, value in (("pred_logits", stage.logits), ("pred_boxes", stage.boxes), ("pred_masks", stage.masks)):
+            if f"{prefix}{key}" in EXPECTED_KEYS:
+                got[f"{prefix}{key}"] = value[0]
     return got
 
 
@@ -149,9 +149,10 @@ def test_outputs_match_the_authors_at_other_thread_counts(threads):
 
 
 def test_denoising_groups_match_the_authors(expected, reference_op):
-    _, dn_meta = training_outputs(seeded_model())
-    assert dn_meta["pad_size"] == expected["train_dn_pad_size"].item()
-    assert dn_meta["num_groups"] == expected["train_dn_num_groups"].item()
+    outputs = training_outputs(seeded_model())
+    assert len(outputs.aux) == 3 and len(outputs.ti) == 2
+    assert outputs.denoising.pad_size == expected["train_dn_pad_size"].item()
+    assert outputs.denoising.num_groups == expected["train_dn_num_groups"].item()
 
 
 def test_instances_match_the_authors(expected, reference_op):
@@ -174,6 +175,6 @@ def test_a_changed_head_weight_fails_the_comparison(expected, reference_op, weig
 
 def test_inference_with_the_compiled_op_is_within_float_tolerance(expected):
     outputs, instances = eval_outputs(seeded_model())
-    assert torch.allclose(outputs["pred_logits"][0], expected["eval_pred_logits"], atol=1e-3, rtol=0)
-    assert torch.allclose(outputs["pred_boxes"][0], expected["eval_pred_boxes"], atol=1e-4, rtol=0)
+    assert torch.allclose(outputs.final.logits[0], expected["eval_pred_logits"], atol=1e-3, rtol=0)
+    assert torch.allclose(outputs.final.boxes[0], expected["eval_pred_boxes"], atol=1e-4, rtol=0)
     assert_instances_match(instances, expected, score_atol=1e-4, box_atol=0.05, mask_mismatch=1e-3)

@@ -21,8 +21,6 @@ from dimaskdino.data.datasets.embedded import EMBEDDED_VERSION, generate_embedde
 from dimaskdino.engine import build_optimizer
 from dimaskdino.evaluation import build_evaluator
 from dimaskdino.evaluation.layerwise import (
-    all_stage_outputs,
-    box_instance_inference,
     build_stage_evaluators,
     format_table,
     layerwise_inference,
@@ -30,6 +28,7 @@ from dimaskdino.evaluation.layerwise import (
     plot_layerwise_ap,
     stage_instances,
 )
+from dimaskdino.modeling.postprocess import box_instance_inference, instance_inference
 from tiny_training import TWO_IMAGES, one_thread, painted_image, tiny_cfg, tiny_model  # noqa: F401
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -113,7 +112,7 @@ def _same_metrics(a, b):
 
 
 def test_default_eval_outputs_unchanged_and_final_stage_equal(cache, tmp_path, one_thread):
-    """Without the switch the predictor returns only the last stage; with it, the same last stage plus
+    """Without all_stages the predictor returns only the last stage; with it, the same last stage plus
     every other stage, and the final Instances are the model's own output."""
     cfg = _cfg(tmp_path)
     model = tiny_model(cfg)
@@ -122,17 +121,16 @@ def test_default_eval_outputs_unchanged_and_final_stage_equal(cache, tmp_path, o
     images = torch.stack(model.normalized_images(inputs))
     with torch.no_grad():
         features = model.backbone(images)
-        plain, _ = model.sem_seg_head(features)
-        with all_stage_outputs(model):
-            full, _ = model.sem_seg_head(features)
-    assert set(plain) == {"pred_logits", "pred_masks", "pred_boxes"}
-    assert not model.sem_seg_head.predictor.return_all_stages  # restored
-    for key in plain:
-        assert torch.equal(plain[key], full[key])
-    assert len(full["ti_outputs"]) == cfg.MODEL.MaskDINO.TI_LAYERS
-    assert len(full["aux_outputs"]) == cfg.MODEL.MaskDINO.DEC_LAYERS  # initial + all but the last layer
-    assert all(a["pred_masks"] is not None for a in full["aux_outputs"])
-    assert full["interm_outputs"]["pred_masks"] is not None
+        plain = model.sem_seg_head(features)
+        full = model.sem_seg_head(features, all_stages=True)
+    assert plain.aux == [] and plain.interm is None and plain.ti == [] and plain.denoising is None
+    for key in ("logits", "boxes", "masks"):
+        assert torch.equal(getattr(plain.final, key), getattr(full.final, key))
+    assert len(full.ti) == cfg.MODEL.MaskDINO.TI_LAYERS
+    assert len(full.aux) == cfg.MODEL.MaskDINO.DEC_LAYERS  # initial + all but the last layer
+    assert all(a.masks is not None for a in full.aux)
+    assert full.interm.masks is not None
+    assert list(full.named_stages()) == [s.name for s in model_stages(model)]
 
     final = model(inputs)[0]["instances"]
     staged = stage_instances(model, inputs)[0]
@@ -222,6 +220,11 @@ def test_box_only_instances_by_hand():
     expected = torch.tensor([[64.0, 24.0, 96.0, 56.0], [0.0, 40.0, 80.0, 80.0], [0.0, 40.0, 80.0, 80.0]])
     assert torch.allclose(result.pred_boxes.tensor[order], expected)
     assert not result.has("pred_masks")
+    # the same top-k as the instance post-processing scored by class score alone
+    with_masks = instance_inference(logits, torch.randn(2, 10, 20), boxes, (40, 80), (40, 60), (80, 120),
+                                    max_detections=3, score_from_box_only=True)
+    assert torch.equal(with_masks.scores, result.scores) and torch.equal(with_masks.pred_classes, result.pred_classes)
+    assert torch.equal(with_masks.pred_boxes.tensor, result.pred_boxes.tensor)
 
 
 def test_evaluators_must_match_the_stages(cache, tmp_path):

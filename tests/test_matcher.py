@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from dimaskdino.modeling.matcher import HungarianMatcher, focal_class_cost
+from dimaskdino.modeling.outputs import StagePrediction
 
 WEIGHTS = dict(cost_class=4.0, cost_box=5.0, cost_giou=2.0, cost_mask=5.0, cost_dice=5.0)
 
@@ -34,7 +35,7 @@ def _values_at(mask, coords):
 
 def _reference_cost(outputs, target, b, coords, cost_types):
     """(Q, N) weighted cost, one pair at a time."""
-    logits = outputs["pred_logits"][b].double()
+    logits = outputs.logits[b].double()
     num_queries, num_targets = logits.shape[0], len(target["labels"])
     cost = torch.zeros(num_queries, num_targets, dtype=torch.float64)
     for q, n in itertools.product(range(num_queries), range(num_targets)):
@@ -43,12 +44,12 @@ def _reference_cost(outputs, target, b, coords, cost_types):
         neg = 0.75 * p**2 * -math.log(1 - p + 1e-8)
         total = WEIGHTS["cost_class"] * (pos - neg)
         if "box" in cost_types:
-            pb = outputs["pred_boxes"][b][q].tolist()
+            pb = outputs.boxes[b][q].tolist()
             gb = target["boxes"][n].tolist()
             total += WEIGHTS["cost_box"] * sum(abs(x - y) for x, y in zip(pb, gb))
             total -= WEIGHTS["cost_giou"] * _giou(pb, gb)
         if "mask" in cost_types:
-            x = _values_at(outputs["pred_masks"][b][q], coords)
+            x = _values_at(outputs.masks[b][q], coords)
             t = _values_at(target["masks"][n].float(), coords)
             bce = F.binary_cross_entropy_with_logits(x, t).item()
             s = torch.sigmoid(x)
@@ -78,11 +79,11 @@ def _random_case(generator, batch, num_queries, num_targets, num_classes=3, size
         wh = torch.rand(n, 2, generator=generator) * 0.3 + 0.05
         return torch.cat([centre, wh], dim=1)
 
-    outputs = {
-        "pred_logits": torch.randn(batch, num_queries, num_classes, generator=generator) * 2,
-        "pred_boxes": torch.stack([boxes(num_queries) for _ in range(batch)]),
-        "pred_masks": torch.randn(batch, num_queries, size, size, generator=generator) * 3,
-    }
+    outputs = StagePrediction(
+        logits=torch.randn(batch, num_queries, num_classes, generator=generator) * 2,
+        boxes=torch.stack([boxes(num_queries) for _ in range(batch)]),
+        masks=torch.randn(batch, num_queries, size, size, generator=generator) * 3,
+    )
     targets = [
         {
             "labels": torch.randint(0, num_classes, (n,), generator=generator),
@@ -133,7 +134,7 @@ def test_box_only_matching_needs_no_masks_and_ignores_them():
     generator = torch.Generator().manual_seed(3)
     outputs, targets = _random_case(generator, 2, 6, (3, 2))
     matcher = HungarianMatcher(num_points=16, **WEIGHTS)
-    box_only = {k: v for k, v in outputs.items() if k != "pred_masks"}
+    box_only = StagePrediction(outputs.logits, outputs.boxes)
     indices = matcher(box_only, targets, cost_types=("class", "box"))
     for b, (target, (query_idx, target_idx)) in enumerate(zip(targets, indices)):
         cost = _reference_cost(outputs, target, b, None, ("class", "box"))
@@ -162,7 +163,7 @@ def test_focal_class_cost_hand_computed():
 def test_non_finite_predictions_raise_naming_the_term():
     generator = torch.Generator().manual_seed(5)
     outputs, targets = _random_case(generator, 1, 4, (2,))
-    outputs["pred_boxes"][0, 1, 0] = float("nan")
+    outputs.boxes[0, 1, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="box"):
         HungarianMatcher(num_points=16, **WEIGHTS)(outputs, targets)
 

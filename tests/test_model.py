@@ -243,23 +243,24 @@ def head_training_outputs(model, image, instances):
 
 def test_training_outputs_follow_the_criterion_contract():
     model = tiny_model().train()
-    (outputs, dn_meta), targets = head_training_outputs(model, smooth_image(0, 128, 160), training_targets())
+    outputs, targets = head_training_outputs(model, smooth_image(0, 128, 160), training_targets())
     b, q, k, q1 = 1, 20, 5, 40
-    assert outputs["pred_logits"].shape == (b, q, k)
-    assert outputs["pred_boxes"].shape == (b, q, 4)
-    assert outputs["pred_masks"].shape == (b, q, 32, 40)
-    assert len(outputs["aux_outputs"]) == 3  # the initial prediction, decoder layers 0 and 1
-    for aux in outputs["aux_outputs"]:
-        assert aux["pred_logits"].shape == (b, q, k) and aux["pred_masks"].shape == (b, q, 32, 40)
-    assert outputs["interm_outputs"]["pred_logits"].shape == (b, q1, k)
-    assert outputs["interm_outputs"]["pred_masks"].shape == (b, q1, 32, 40)
-    assert len(outputs["ti_outputs"]) == 2
-    for ti in outputs["ti_outputs"]:
-        assert set(ti) == {"pred_logits", "pred_boxes"}
-        assert ti["pred_logits"].shape == (b, q1, k) and ti["pred_boxes"].shape == (b, q1, 4)
-    assert dn_meta["single_pad"] == 2 and dn_meta["num_groups"] == 10 and dn_meta["pad_size"] == 20
-    assert dn_meta["outputs"]["pred_logits"].shape == (b, 20, k)
-    assert len(dn_meta["outputs"]["aux_outputs"]) == 3
+    assert outputs.final.logits.shape == (b, q, k)
+    assert outputs.final.boxes.shape == (b, q, 4)
+    assert outputs.final.masks.shape == (b, q, 32, 40)
+    assert len(outputs.aux) == 3  # the initial prediction, decoder layers 0 and 1
+    for aux in outputs.aux:
+        assert aux.logits.shape == (b, q, k) and aux.masks.shape == (b, q, 32, 40)
+    assert outputs.interm.logits.shape == (b, q1, k)
+    assert outputs.interm.masks.shape == (b, q1, 32, 40)
+    assert len(outputs.ti) == 2
+    for ti in outputs.ti:
+        assert ti.masks is None
+        assert ti.logits.shape == (b, q1, k) and ti.boxes.shape == (b, q1, 4)
+    dn = outputs.denoising
+    assert dn.single_pad == 2 and dn.num_groups == 10 and dn.pad_size == 20
+    assert dn.final.logits.shape == (b, 20, k)
+    assert len(dn.aux) == 3
     # targets: boxes normalised by the (unpadded) image size, masks padded to the batch tensor
     assert torch.allclose(targets[0]["boxes"][0], torch.tensor([50 / 160, 60 / 128, 80 / 160, 80 / 128]))
     assert targets[0]["masks"].shape == (2, 128, 160)
@@ -269,14 +270,16 @@ def test_bato_sees_only_the_matching_queries():
     model = tiny_model().train()
     seen = {}
     bato = model.sem_seg_head.predictor.bato
+    select = bato.select_guiding_tokens
 
-    def record(module, args, result):
-        seen["queries"] = args[0].shape
-        seen["index"] = result.guide_index
+    def record_selection(queries, *args):
+        seen["queries"] = queries.shape
+        return select(queries, *args)
 
-    bato.register_forward_hook(record)
-    (outputs, dn_meta), _ = head_training_outputs(model, smooth_image(0, 128, 160), training_targets())
-    assert dn_meta["pad_size"] == 20
+    bato.select_guiding_tokens = record_selection
+    bato.register_forward_hook(lambda module, args, result: seen.update(index=result.guide_index))
+    outputs, _ = head_training_outputs(model, smooth_image(0, 128, 160), training_targets())
+    assert outputs.denoising.pad_size == 20
     assert seen["queries"] == (1, 20, 64)  # 20 matching queries, not the 20 + 20 with denoising ones
     assert seen["index"].shape == (1, 5) and (seen["index"] < 20).all()
 
@@ -287,14 +290,14 @@ def test_decoder_layers_after_bato_use_the_updated_mask_features():
     captured = {}
     predictor.bato.register_forward_hook(lambda m, a, r: captured.update(updated=r.mask_features, original=a[-1]))
     predictor.decoder.register_forward_hook(lambda m, a, r: captured.update(hidden=r.hidden_states))
-    (outputs, dn_meta), _ = head_training_outputs(model, smooth_image(0, 128, 160), training_targets())
-    pad = dn_meta["pad_size"]
+    outputs, _ = head_training_outputs(model, smooth_image(0, 128, 160), training_targets())
+    pad = outputs.denoising.pad_size
 
     def masks(hidden, features):
         embedding = predictor.mask_embed(predictor.decoder_norm(hidden))
         return torch.einsum("bqc,bchw->bqhw", embedding, features)[:, pad:]
 
-    per_layer = [a["pred_masks"] for a in outputs["aux_outputs"][1:]] + [outputs["pred_masks"]]
+    per_layer = [a.masks for a in outputs.aux[1:]] + [outputs.final.masks]
     assert torch.allclose(per_layer[0], masks(captured["hidden"][0], captured["original"]), atol=1e-4)
     for i in (1, 2):
         assert torch.allclose(per_layer[i], masks(captured["hidden"][i], captured["updated"]), atol=1e-4)
@@ -343,9 +346,9 @@ def test_instance_scores_are_class_times_mask_quality():
         from detectron2.structures import ImageList
 
         images = ImageList.from_tensors(model.normalized_images([x]), 32)
-        outputs, _ = model.sem_seg_head(model.backbone(images.tensor))
-    probs = outputs["pred_logits"][0].sigmoid()  # (Q, K)
-    masks = torch.nn.functional.interpolate(outputs["pred_masks"], size=(128, 160), mode="bilinear",
+        outputs = model.sem_seg_head(model.backbone(images.tensor)).final
+    probs = outputs.logits[0].sigmoid()  # (Q, K)
+    masks = torch.nn.functional.interpolate(outputs.masks, size=(128, 160), mode="bilinear",
                                             align_corners=False)[0]
     top = probs.flatten().topk(30)
     expected = {}
@@ -395,8 +398,8 @@ def test_padding_changes_single_image_outputs():
     with torch.no_grad():
         alone = ImageList.from_tensors(model.normalized_images([image]), 32)
         together = ImageList.from_tensors(model.normalized_images([image, larger]), 32)
-        logits_alone = model.sem_seg_head(model.backbone(alone.tensor))[0]["pred_logits"][0]
-        logits_padded = model.sem_seg_head(model.backbone(together.tensor))[0]["pred_logits"][0]
+        logits_alone = model.sem_seg_head(model.backbone(alone.tensor)).final.logits[0]
+        logits_padded = model.sem_seg_head(model.backbone(together.tensor)).final.logits[0]
     assert alone.tensor.shape[-2:] == (96, 96) and together.tensor.shape[-2:] == (128, 160)
     assert not torch.allclose(logits_alone, logits_padded, atol=1e-3)
 

@@ -15,7 +15,26 @@ def swin_config(*opts):
 
 
 def test_registered_under_the_authors_name():
-    assert BACKBONE_REGISTRY.get("D2SwinTransformer") is BACKBONE_REGISTRY.get("SwinTransformerBackbone")
+    cfg = swin_config()
+    cfg.MODEL.BACKBONE.NAME = "D2SwinTransformer"
+    assert type(build_backbone(cfg)) is BACKBONE_REGISTRY.get("SwinTransformerBackbone")
+
+
+def test_lazy_construction_from_arguments():
+    """@configurable: built from keyword arguments as from the config, same modules."""
+    from dimaskdino.modeling.backbone.swin import SwinTransformerBackbone
+
+    cfg = swin_config()
+    s = cfg.MODEL.SWIN
+    torch.manual_seed(0)
+    from_cfg = build_backbone(cfg)
+    torch.manual_seed(0)
+    from_args = SwinTransformerBackbone(embed_dim=s.EMBED_DIM, depths=s.DEPTHS, num_heads=s.NUM_HEADS,
+                                        window_size=s.WINDOW_SIZE, out_features=s.OUT_FEATURES,
+                                        drop_path_rate=s.DROP_PATH_RATE)
+    assert repr(from_cfg) == repr(from_args)
+    a, b = from_cfg.state_dict(), from_args.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_output_shapes_and_padding_to_windows():

@@ -8,33 +8,29 @@ DI-MaskDINO's motivation is the detection-segmentation imbalance of MaskDINO's e
 * ``initial``: the prediction before the first decoder layer (``MODEL.MaskDINO.INITIAL_PRED``),
 * ``dec1`` .. ``decD``: every decoder layer; the last one is the model's final output.
 
-Every stage is turned into ``Instances`` with the post-processing of the final output
-(:func:`dimaskdino.modeling.postprocess.instance_inference`; stages without masks keep the same top-k
-over (query, class) pairs scored by class score alone) and fed to its own detectron2 COCOEvaluator.
+Every stage is turned into ``Instances`` by the model's own inference
+(``DIMaskDINO.inference(..., all_stages=True)``; stages without masks keep the same top-k over
+(query, class) pairs scored by class score alone) and fed to its own detectron2 COCOEvaluator.
 """
-import contextlib
 import json
 import logging
 import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
 from detectron2.evaluation import COCOEvaluator
-from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.structures import Instances
 from detectron2.utils.logger import log_every_n_seconds
 
-from ..modeling.postprocess import instance_inference, scale_boxes
 from .coco import build_evaluator, fast_coco_eval_available
 
 __all__ = [
     "Stage",
     "StageResult",
-    "all_stage_outputs",
-    "box_instance_inference",
     "build_stage_evaluators",
     "format_table",
     "layerwise_inference",
@@ -94,97 +90,10 @@ def model_stages(model) -> List[Stage]:
     return stages
 
 
-@contextlib.contextmanager
-def all_stage_outputs(model):
-    """Within the context, the model's predictor also returns every stage's predictions in eval mode."""
-    predictor = _predictor(model)
-    previous = predictor.return_all_stages
-    predictor.return_all_stages = True
-    try:
-        yield
-    finally:
-        predictor.return_all_stages = previous
-
-
-def _ordered_stage_outputs(outputs, stages: Sequence[Stage]) -> List[Dict[str, Optional[torch.Tensor]]]:
-    """The predictor's output dict -> one {pred_logits, pred_boxes, pred_masks?} per stage."""
-    ordered = [outputs["interm_outputs"], *outputs["ti_outputs"], *outputs["aux_outputs"], outputs]
-    if len(ordered) != len(stages) or any(o is None for o in ordered):
-        raise RuntimeError(
-            f"the predictor returned {len(ordered)} stages, expected {len(stages)} "
-            f"({', '.join(s.name for s in stages)}): is return_all_stages on?"
-        )
-    return ordered
-
-
-def box_instance_inference(
-    logits,
-    boxes,
-    padded_size: Tuple[int, int],
-    image_size: Tuple[int, int],
-    output_size: Tuple[int, int],
-    max_detections: int = 100,
-) -> Instances:
-    """Instances of a stage without masks: the top-k (query, class) pairs by sigmoid class score, as
-    in ``instance_inference`` with ``score_from_box_only``.
-
-    Args:
-        logits: (Q, K) class logits; boxes: (Q, 4) sigmoid cxcywh relative to the padded input
-        padded_size, image_size, output_size: (height, width), see ``instance_inference``
-    Returns:
-        Instances of size ``output_size`` with pred_boxes (xyxy), scores and pred_classes
-    """
-    num_classes = logits.shape[1]
-    scores = logits.sigmoid().flatten()
-    top_scores, top_index = scores.topk(min(max_detections, scores.numel()), sorted=False)
-    query_index = torch.div(top_index, num_classes, rounding_mode="floor")
-    result = Instances(tuple(output_size))
-    result.pred_boxes = Boxes(scale_boxes(boxes[query_index], padded_size, image_size, output_size))
-    result.scores = top_scores
-    result.pred_classes = top_index % num_classes
-    return result
-
-
-@torch.no_grad()
 def stage_instances(model, batched_inputs: List[Dict]) -> List[Dict[str, Instances]]:
-    """Per image, stage name -> Instances, batched and post-processed exactly as
-    ``DIMaskDINO.inference`` (so the last decoder layer's Instances are the model's output)."""
-    meta = _unwrap(model)
-    stages = model_stages(meta)
-    images = meta.normalized_images(batched_inputs)
-    groups: Dict[Tuple[int, int], List[int]] = OrderedDict()
-    for i, image in enumerate(images):
-        groups.setdefault(meta._padded_size(image), []).append(i)
-    results: List[Optional[Dict[str, Instances]]] = [None] * len(images)
-    with all_stage_outputs(meta):
-        for indices in groups.values():
-            batch = ImageList.from_tensors([images[i] for i in indices], meta.size_divisibility)
-            outputs, _ = meta.sem_seg_head(meta.backbone(batch.tensor))
-            per_stage = _ordered_stage_outputs(outputs, stages)
-            padded_size = tuple(batch.tensor.shape[-2:])
-            for j, i in enumerate(indices):
-                image_size = tuple(batch.image_sizes[j])
-                output_size = (
-                    int(batched_inputs[i].get("height", image_size[0])),
-                    int(batched_inputs[i].get("width", image_size[1])),
-                )
-                results[i] = {
-                    stage.name: _stage_to_instances(meta, stage, out, j, padded_size, image_size, output_size)
-                    for stage, out in zip(stages, per_stage)
-                }
-    return results
-
-
-def _stage_to_instances(meta, stage: Stage, out, j, padded_size, image_size, output_size) -> Instances:
-    if stage.has_masks:
-        return instance_inference(
-            out["pred_logits"][j], out["pred_masks"][j], out["pred_boxes"][j], padded_size, image_size, output_size,
-            max_detections=meta.test_topk_per_image, score_from_box_only=meta.focus_on_box,
-        )
-    return box_instance_inference(
-        out["pred_logits"][j], out["pred_boxes"][j], padded_size, image_size, output_size,
-        max_detections=meta.test_topk_per_image,
-    )
+    """Per image, stage name -> Instances: ``DIMaskDINO.inference`` with every stage (so the last
+    decoder layer's Instances are the model's output)."""
+    return [result["stage_instances"] for result in _unwrap(model).inference(batched_inputs, all_stages=True)]
 
 
 def build_stage_evaluators(cfg, dataset_name: str, stages: Sequence[Stage], output_dir: Optional[str] = None):

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-__all__ = ["pixel_sine_embedding", "box_sine_embedding"]
+__all__ = ["pixel_centres", "pixel_sine_embedding", "box_sine_embedding"]
 
 
 def _frequencies(num_feats: int, temperature: float, device):
@@ -19,6 +19,13 @@ def _frequencies(num_feats: int, temperature: float, device):
 def _interleave_sin_cos(angles):
     """angles: (..., F) -> (..., F) with sin at even and cos at odd channels."""
     return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1).flatten(-2)
+
+
+def pixel_centres(height: int, width: int, device=None):
+    """Normalised (x, y) centres of the pixels of a height x width map, row-major: (H * W, 2) float32."""
+    ys = (torch.arange(height, dtype=torch.float32, device=device) + 0.5) / height
+    xs = (torch.arange(width, dtype=torch.float32, device=device) + 0.5) / width
+    return torch.stack((xs[None, :].expand(height, width), ys[:, None].expand(height, width)), dim=-1).reshape(-1, 2)
 
 
 def pixel_sine_embedding(

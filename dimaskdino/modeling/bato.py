@@ -1,7 +1,7 @@
 """Balance-Aware Tokens Optimization (BATO).
 
-Once, before decoder layer 1, the top NUM_GUIDING_TOKENS queries (class score of the raw layer-0
-output, denoising queries excluded) become guiding tokens: their mask embeddings are the keys' content
+Once, after decoder layer 0 (``LAYERS_BEFORE_BATO``), the top NUM_GUIDING_TOKENS queries (class
+score of the raw layer-0 output, denoising queries excluded) become guiding tokens: their mask embeddings are the keys' content
 and values, their box position queries the keys' positions. Every memory token (with its sine position)
 cross-attends to them (post-norm, then a ReLU FFN); the updated memory serves the remaining decoder
 layers. The last flattened level of the updated memory (stride 8 in the published configs) is
@@ -17,9 +17,14 @@ from torch.nn import functional as F
 
 from detectron2.layers import Conv2d, get_norm
 
+from ..layers.post_norm import add_and_norm, feed_forward_and_norm
+from .decoder import DecoderMemory
 from .utils import gather_rows
 
-__all__ = ["BalanceAwareTokenOptimization", "BATOOutput"]
+__all__ = ["BalanceAwareTokenOptimization", "BATOOutput", "LAYERS_BEFORE_BATO"]
+
+# BATO runs once, after this many decoder layers (the paper: after the first one)
+LAYERS_BEFORE_BATO = 1
 
 
 @dataclass
@@ -37,6 +42,7 @@ class BalanceAwareTokenOptimization(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, d_ffn: int, dropout: float, num_guiding_tokens: int):
         super().__init__()
+        self.layers_before = LAYERS_BEFORE_BATO
         if d_model % 32 != 0:
             raise ValueError(f"MODEL.MaskDINO.HIDDEN_DIM must be a multiple of 32 (GroupNorm(32)), got {d_model}")
         self.num_guiding_tokens = num_guiding_tokens
@@ -76,9 +82,8 @@ class BalanceAwareTokenOptimization(nn.Module):
     def update_memory(self, memory, memory_pos, guide_content, guide_pos):
         """memory: (B, S, C), memory_pos: (1 or B, S, C), guide_*: (B, G, C) -> (B, S, C)"""
         attended = self.multihead_attn(memory + memory_pos, guide_content + guide_pos, guide_content)[0]
-        memory = self.norm1(memory + self.dropout1(attended))
-        ffn = self.linear2(self.dropout2(F.relu(self.linear1(memory))))
-        return self.norm2(memory + self.dropout3(ffn))
+        memory = add_and_norm(memory, attended, self.dropout1, self.norm1)
+        return feed_forward_and_norm(memory, self.linear1, self.dropout2, self.linear2, self.dropout3, self.norm2)
 
     def update_mask_features(self, memory, spatial_shapes, level_start_index, mask_features):
         """Fuse the last flattened level of ``memory`` into ``mask_features`` (B, C, H/4, W/4)."""
@@ -88,18 +93,20 @@ class BalanceAwareTokenOptimization(nn.Module):
         upsampled = F.interpolate(level, size=mask_features.shape[-2:], mode="bilinear", align_corners=False)
         return self.mask_output_conv(mask_features + upsampled)
 
-    def forward(self, queries, query_pos, class_head, mask_head, memory, memory_pos, spatial_shapes,
-                level_start_index, mask_features) -> BATOOutput:
+    def forward(self, queries, query_pos, num_denoising: int, class_head, mask_head, memory: DecoderMemory,
+                mask_features) -> BATOOutput:
         """
         Args:
-            queries: (B, Q, C) raw decoder layer-0 outputs of the matching queries
-            query_pos: (B, Q, C) their position queries for layer 1
+            queries: (B, P + Q, C) raw outputs of the decoder layers before BATO (P denoising queries
+                first); only the Q matching queries guide
+            query_pos: (B, P + Q, C) their position queries for the next layer
             class_head, mask_head: the shared heads
-            memory: (B, S, C), memory_pos: (1 or B, S, C) sine positions (no level embedding)
-            spatial_shapes: (L, 2), level_start_index: (L,)
+            memory: the decoder's memory (tokens (B, S, C), sine positions (1, S, C), levels)
             mask_features: (B, C, H/4, W/4)
         """
-        content, pos, index = self.select_guiding_tokens(queries, query_pos, class_head, mask_head)
-        memory = self.update_memory(memory, memory_pos, content, pos)
-        mask_features = self.update_mask_features(memory, spatial_shapes, level_start_index, mask_features)
-        return BATOOutput(memory=memory, mask_features=mask_features, guide_index=index)
+        matching, matching_pos = queries[:, num_denoising:], query_pos[:, num_denoising:]
+        content, pos, index = self.select_guiding_tokens(matching, matching_pos, class_head, mask_head)
+        tokens = self.update_memory(memory.tokens, memory.pos, content, pos)
+        mask_features = self.update_mask_features(tokens, memory.spatial_shapes, memory.level_start_index,
+                                                  mask_features)
+        return BATOOutput(memory=tokens, mask_features=mask_features, guide_index=index)

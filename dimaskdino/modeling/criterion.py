@@ -37,11 +37,14 @@ from detectron2.projects.point_rend.point_features import (
     get_uncertain_point_coords_with_randomness,
     point_sample,
 )
+from detectron2.config import configurable
 from detectron2.utils.comm import get_world_size
 from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou_loss
 
+from .denoising import DenoisingOutput
 from .matcher import HungarianMatcher
+from .outputs import PredictorOutput, StagePrediction
 
 __all__ = [
     "DIMaskDINOCriterion",
@@ -96,8 +99,7 @@ class MatchedPairs:
     """The predictions of one stage paired with their targets, gathered once for all loss terms.
 
     Args:
-        outputs: the stage's predictions ("pred_logits" (B, Q, K), "pred_boxes" (B, Q, 4),
-            "pred_masks" (B, Q, H, W)).
+        outputs: the stage's predictions (logits (B, Q, K), boxes (B, Q, 4), masks (B, Q, H, W)).
         targets: B dicts with "labels" (N,), "boxes" (N, 4), "masks" (N, H', W').
         indices: B pairs (query_indices, target_indices).
         sample_points: maps matched (M, H, W) mask logits and (M, H', W') targets to
@@ -106,7 +108,7 @@ class MatchedPairs:
 
     def __init__(
         self,
-        outputs: Mapping[str, torch.Tensor],
+        outputs: StagePrediction,
         targets: Sequence[Mapping[str, torch.Tensor]],
         indices: Indices,
         sample_points: Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]],
@@ -126,7 +128,7 @@ class MatchedPairs:
 
     def class_targets(self) -> torch.Tensor:
         """(B, Q, K) one-hot classes: matched queries get their target's class, others none."""
-        logits = self.outputs["pred_logits"]
+        logits = self.outputs.logits
         onehot = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
         labels = self._gather_targets("labels").to(self.query_idx.device)
         onehot[self.batch_idx, self.query_idx, labels] = 1
@@ -134,13 +136,13 @@ class MatchedPairs:
 
     def boxes(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """(M, 4) matched predicted boxes and their (M, 4) targets, normalised (cx, cy, w, h)."""
-        pred = self.outputs["pred_boxes"][self.batch_idx, self.query_idx].float()
+        pred = self.outputs.boxes[self.batch_idx, self.query_idx].float()
         return pred, self._gather_targets("boxes").to(pred)
 
     def mask_points(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """(M, P) logits of the matched masks and (M, P) target values at the sampled points."""
         if self._points is None:
-            pred = self.outputs["pred_masks"][self.batch_idx, self.query_idx].float()
+            pred = self.outputs.masks[self.batch_idx, self.query_idx].float()
             shapes = {tuple(t["masks"].shape[-2:]) for t in self.targets}
             if len(shapes) > 1:
                 raise ValueError(
@@ -166,6 +168,7 @@ class DIMaskDINOCriterion(nn.Module):
         focal_alpha, focal_gamma: focal-loss parameters.
     """
 
+    @configurable
     def __init__(
         self,
         *,
@@ -204,6 +207,46 @@ class DIMaskDINOCriterion(nn.Module):
         self.ti_terms = CLASS_TERMS + BOX_TERMS
         self.weights = self._checked_weights(weights)
 
+    @classmethod
+    def from_config(cls, cfg):
+        mcfg = cfg.MODEL.MaskDINO
+        if mcfg.PANO_BOX_LOSS:
+            raise ValueError(
+                "MODEL.MaskDINO.PANO_BOX_LOSS=True is the authors' panoptic box loss; this project "
+                "trains instance segmentation only, set it to False"
+            )
+        if mcfg.SEMANTIC_CE_LOSS and mcfg.TEST.SEMANTIC_ON and not mcfg.TEST.PANOPTIC_ON:
+            raise ValueError(
+                "MODEL.MaskDINO.SEMANTIC_CE_LOSS=True (softmax classification for semantic "
+                "segmentation) is not supported; this project uses the focal loss, set it to False"
+            )
+        matcher = HungarianMatcher(
+            cost_class=mcfg.COST_CLASS_WEIGHT,
+            cost_box=mcfg.COST_BOX_WEIGHT,
+            cost_giou=mcfg.COST_GIOU_WEIGHT,
+            cost_mask=mcfg.COST_MASK_WEIGHT,
+            cost_dice=mcfg.COST_DICE_WEIGHT,
+            num_points=mcfg.TRAIN_NUM_POINTS,
+        )
+        weights = {
+            "loss_ce": mcfg.CLASS_WEIGHT,
+            "loss_bbox": mcfg.BOX_WEIGHT,
+            "loss_giou": mcfg.GIOU_WEIGHT,
+            "loss_mask": mcfg.MASK_WEIGHT,
+            "loss_dice": mcfg.DICE_WEIGHT,
+        }
+        return {
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            "matcher": matcher,
+            "weights": weights,
+            "num_points": mcfg.TRAIN_NUM_POINTS,
+            "oversample_ratio": mcfg.OVERSAMPLE_RATIO,
+            "importance_sample_ratio": mcfg.IMPORTANCE_SAMPLE_RATIO,
+            "box_loss": mcfg.BOX_LOSS,
+            "dn": mcfg.DN,
+            "deep_supervision": mcfg.DEEP_SUPERVISION,
+        }
+
     def _checked_weights(self, weights: Mapping[str, float]) -> Dict[str, float]:
         unknown = set(weights) - set(LOSS_NAMES)
         if unknown:
@@ -221,7 +264,7 @@ class DIMaskDINOCriterion(nn.Module):
 
     # ------------------------------------------------------------------ loss terms (unweighted)
     def loss_ce(self, pairs: MatchedPairs, num_boxes: float) -> torch.Tensor:
-        logits = pairs.outputs["pred_logits"].float()
+        logits = pairs.outputs.logits.float()
         focal = sigmoid_focal_loss(logits, pairs.class_targets(), self.focal_alpha, self.focal_gamma)
         return focal.sum() / num_boxes
 
@@ -237,13 +280,13 @@ class DIMaskDINOCriterion(nn.Module):
 
     def loss_mask(self, pairs: MatchedPairs, num_boxes: float) -> torch.Tensor:
         if pairs.num_matched == 0:
-            return pairs.outputs["pred_masks"].sum() * 0.0
+            return pairs.outputs.masks.sum() * 0.0
         point_logits, point_labels = pairs.mask_points()
         return sigmoid_ce_loss(point_logits, point_labels).sum() / num_boxes
 
     def loss_dice(self, pairs: MatchedPairs, num_boxes: float) -> torch.Tensor:
         if pairs.num_matched == 0:
-            return pairs.outputs["pred_masks"].sum() * 0.0
+            return pairs.outputs.masks.sum() * 0.0
         point_logits, point_labels = pairs.mask_points()
         return dice_loss(point_logits, point_labels).sum() / num_boxes
 
@@ -271,94 +314,80 @@ class DIMaskDINOCriterion(nn.Module):
         return point_logits, point_labels
 
     # ------------------------------------------------------------------ stages
-    def forward(
-        self,
-        outputs: Mapping,
-        targets: List[Dict[str, torch.Tensor]],
-        dn_meta: Optional[Mapping] = None,
-    ) -> Dict[str, torch.Tensor]:
+    def forward(self, outputs: PredictorOutput, targets: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
         """
         Args:
-            outputs: "pred_logits" (B, Q, K), "pred_boxes" (B, Q, 4), "pred_masks" (B, Q, H, W),
-                and optionally "aux_outputs" (list of such dicts), "interm_outputs" (such a dict),
-                "ti_outputs" (list of dicts with "pred_logits" (B, Q1, K), "pred_boxes" (B, Q1, 4)).
+            outputs: the predictor's stages: ``final``, ``aux``, ``interm`` (optional), ``ti`` (class
+                and boxes) and ``denoising`` (None when a step has no denoising queries)
             targets: B dicts with "labels" (N,) int64, "boxes" (N, 4) normalised (cx, cy, w, h)
                 and "masks" (N, H', W') padded to the batch size.
-            dn_meta: None, or "num_groups" G, "single_pad", "pad_size" (= G * single_pad) and
-                "outputs" (the denoising queries' predictions with "aux_outputs").
         Returns:
             weighted scalar losses by name, e.g. "loss_giou_3", "loss_ce_dn", "loss_bbox_ti1".
         """
-        self._check_targets(targets, outputs["pred_logits"].shape[0])
-        num_boxes = self._num_boxes(targets, outputs["pred_logits"].device)
-        aux_outputs = outputs.get("aux_outputs", []) if self.deep_supervision else []
+        final = outputs.final
+        self._check_targets(targets, final.logits.shape[0])
+        num_boxes = self._num_boxes(targets, final.logits.device)
+        aux_outputs = outputs.aux if self.deep_supervision else []
 
-        losses = self._matched_stage(outputs, targets, "", num_boxes)
+        losses = self._matched_stage(final, targets, "", num_boxes)
         for i, aux in enumerate(aux_outputs):
             losses.update(self._matched_stage(aux, targets, f"_{i}", num_boxes))
-        if "interm_outputs" in outputs:
-            losses.update(self._matched_stage(outputs["interm_outputs"], targets, "_interm", num_boxes))
-        losses.update(self._denoising_losses(outputs, targets, dn_meta, num_boxes))
+        if outputs.interm is not None:
+            losses.update(self._matched_stage(outputs.interm, targets, "_interm", num_boxes))
+        losses.update(self._denoising_losses(outputs, targets, num_boxes))
         if self.deep_supervision:
-            for j, ti_outputs in enumerate(outputs.get("ti_outputs", [])):
+            for j, ti_outputs in enumerate(outputs.ti):
                 indices = self.matcher(ti_outputs, targets, cost_types=("class", "box"))
                 pairs = self._pairs(ti_outputs, targets, indices)
                 losses.update(self._weighted(pairs, self.ti_terms, f"_ti{j}", num_boxes))
         return losses
 
-    def _matched_stage(self, outputs, targets, suffix: str, num_boxes: float):
+    def _matched_stage(self, outputs: StagePrediction, targets, suffix: str, num_boxes: float):
         cost_types = ("class", "box", "mask")
         pairs = self._pairs(outputs, targets, self.matcher(outputs, targets, cost_types))
         return self._weighted(pairs, self.matched_terms, suffix, num_boxes)
 
-    def _denoising_losses(self, outputs, targets, dn_meta, num_boxes: float):
+    def _denoising_losses(self, outputs: PredictorOutput, targets, num_boxes: float):
         if self.dn == "no":
             return {}
         # As the authors: without the two-stage proposals the first auxiliary output has no
         # denoising loss.
-        first_aux = 0 if "interm_outputs" in outputs else 1
-        num_aux = len(outputs.get("aux_outputs", [])) if self.deep_supervision else 0
+        first_aux = 0 if outputs.interm is not None else 1
+        num_aux = len(outputs.aux) if self.deep_supervision else 0
         suffixes = ["_dn"] + [f"_dn_{i}" for i in range(first_aux, num_aux)]
-        if dn_meta is None:
+        dn = outputs.denoising
+        if dn is None:
             # No denoising queries this step (e.g. no instance in the batch): report zeros so the
             # set of logged losses does not change, still attached to the graph.
-            zero = outputs["pred_logits"].sum() * 0.0
+            zero = outputs.final.logits.sum() * 0.0
             return {f"{name}{suffix}": zero for suffix in suffixes for name in self.dn_terms}
 
-        dn_outputs = self._checked_dn_outputs(dn_meta)
-        indices = self.denoising_indices(targets, dn_meta["num_groups"], dn_meta["single_pad"])
-        dn_num_boxes = num_boxes * dn_meta["num_groups"]
-        losses = self._weighted(self._pairs(dn_outputs, targets, indices), self.dn_terms, "_dn", dn_num_boxes)
-        dn_aux = dn_outputs.get("aux_outputs", [])
-        if len(dn_aux) < num_aux:
-            raise ValueError(
-                f"criterion: dn_meta['outputs']['aux_outputs'] has {len(dn_aux)} entries, expected one "
-                f"per auxiliary output ({num_aux})"
-            )
+        self._check_denoising(dn, num_aux)
+        indices = self.denoising_indices(targets, dn.num_groups, dn.single_pad)
+        dn_num_boxes = num_boxes * dn.num_groups
+        losses = self._weighted(self._pairs(dn.final, targets, indices), self.dn_terms, "_dn", dn_num_boxes)
         for i in range(first_aux, num_aux):
-            pairs = self._pairs(dn_aux[i], targets, indices)
+            pairs = self._pairs(dn.aux[i], targets, indices)
             losses.update(self._weighted(pairs, self.dn_terms, f"_dn_{i}", dn_num_boxes))
         return losses
 
     @staticmethod
-    def _checked_dn_outputs(dn_meta: Mapping) -> Mapping:
-        required = ("num_groups", "single_pad", "pad_size", "outputs")
-        missing = [key for key in required if key not in dn_meta]
-        if missing:
-            raise ValueError(f"criterion: dn_meta lacks {missing}; it needs {required}")
-        groups, single_pad, pad_size = dn_meta["num_groups"], dn_meta["single_pad"], dn_meta["pad_size"]
-        if groups * single_pad != pad_size:
+    def _check_denoising(dn: DenoisingOutput, num_aux: int) -> None:
+        if dn.num_groups * dn.single_pad != dn.pad_size:
             raise ValueError(
-                f"criterion: dn_meta['pad_size'] must be num_groups * single_pad = "
-                f"{groups} * {single_pad}, got {pad_size}"
+                f"criterion: denoising pad_size must be num_groups * single_pad = "
+                f"{dn.num_groups} * {dn.single_pad}, got {dn.pad_size}"
             )
-        dn_queries = dn_meta["outputs"]["pred_logits"].shape[1]
-        if dn_queries != pad_size:
+        if dn.final.logits.shape[1] != dn.pad_size:
             raise ValueError(
-                f"criterion: dn_meta['outputs']['pred_logits'] has {dn_queries} queries, "
-                f"expected pad_size={pad_size}"
+                f"criterion: the denoising logits have {dn.final.logits.shape[1]} queries, "
+                f"expected pad_size={dn.pad_size}"
             )
-        return dn_meta["outputs"]
+        if len(dn.aux) < num_aux:
+            raise ValueError(
+                f"criterion: the denoising output has {len(dn.aux)} auxiliary stages, expected one "
+                f"per auxiliary output ({num_aux})"
+            )
 
     @staticmethod
     def denoising_indices(targets, num_groups: int, single_pad: int) -> Indices:
@@ -368,7 +397,7 @@ class DIMaskDINOCriterion(nn.Module):
             num_targets = int(target["labels"].numel())
             if num_targets > single_pad:
                 raise ValueError(
-                    f"criterion: an image has {num_targets} targets but dn_meta['single_pad'] "
+                    f"criterion: an image has {num_targets} targets but the denoising single_pad "
                     f"is {single_pad}"
                 )
             device = target["labels"].device
@@ -422,40 +451,4 @@ class DIMaskDINOCriterion(nn.Module):
 
 def build_criterion(cfg) -> DIMaskDINOCriterion:
     """The criterion (and its matcher) from the authors' ``MODEL.MaskDINO`` loss keys."""
-    mcfg = cfg.MODEL.MaskDINO
-    if mcfg.PANO_BOX_LOSS:
-        raise ValueError(
-            "MODEL.MaskDINO.PANO_BOX_LOSS=True is the authors' panoptic box loss; this project "
-            "trains instance segmentation only, set it to False"
-        )
-    if mcfg.SEMANTIC_CE_LOSS and mcfg.TEST.SEMANTIC_ON and not mcfg.TEST.PANOPTIC_ON:
-        raise ValueError(
-            "MODEL.MaskDINO.SEMANTIC_CE_LOSS=True (softmax classification for semantic "
-            "segmentation) is not supported; this project uses the focal loss, set it to False"
-        )
-    matcher = HungarianMatcher(
-        cost_class=mcfg.COST_CLASS_WEIGHT,
-        cost_box=mcfg.COST_BOX_WEIGHT,
-        cost_giou=mcfg.COST_GIOU_WEIGHT,
-        cost_mask=mcfg.COST_MASK_WEIGHT,
-        cost_dice=mcfg.COST_DICE_WEIGHT,
-        num_points=mcfg.TRAIN_NUM_POINTS,
-    )
-    weights = {
-        "loss_ce": mcfg.CLASS_WEIGHT,
-        "loss_bbox": mcfg.BOX_WEIGHT,
-        "loss_giou": mcfg.GIOU_WEIGHT,
-        "loss_mask": mcfg.MASK_WEIGHT,
-        "loss_dice": mcfg.DICE_WEIGHT,
-    }
-    return DIMaskDINOCriterion(
-        num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-        matcher=matcher,
-        weights=weights,
-        num_points=mcfg.TRAIN_NUM_POINTS,
-        oversample_ratio=mcfg.OVERSAMPLE_RATIO,
-        importance_sample_ratio=mcfg.IMPORTANCE_SAMPLE_RATIO,
-        box_loss=mcfg.BOX_LOSS,
-        dn=mcfg.DN,
-        deep_supervision=mcfg.DEEP_SUPERVISION,
-    )
+    return DIMaskDINOCriterion(cfg)

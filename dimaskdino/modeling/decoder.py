@@ -6,20 +6,20 @@ positional query of a layer is an MLP of the sine embedding of the current boxes
 box head shared by all layers refines the boxes in inverse-sigmoid space; the refined boxes are
 detached before they feed the next layer.
 """
-from dataclasses import dataclass
-from typing import Callable, List, Optional
+from dataclasses import dataclass, field
+from typing import List, Optional
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..layers import MSDeformAttn
 from ..layers.box_ops import inverse_sigmoid
 from ..layers.mlp import MLP
+from ..layers.post_norm import add_and_norm, feed_forward_and_norm
 from ..layers.position_encoding import box_sine_embedding
 from .utils import autocast_disabled
 
-__all__ = ["DeformableDecoderLayer", "DeformableDecoder", "DecoderOutput"]
+__all__ = ["DeformableDecoderLayer", "DeformableDecoder", "DecoderMemory", "DecoderState"]
 
 
 class DeformableDecoderLayer(nn.Module):
@@ -56,29 +56,41 @@ class DeformableDecoderLayer(nn.Module):
         """
         q = queries + query_pos
         attended = self.self_attn(q, q, queries, attn_mask=self_attn_mask)[0]
-        queries = self.norm2(queries + self.dropout2(attended))
+        queries = add_and_norm(queries, attended, self.dropout2, self.norm2)
         n_levels = spatial_shapes.shape[0]
         references = reference_boxes[:, :, None, :].expand(-1, -1, n_levels, -1)
         attended = self.cross_attn(queries + query_pos, references, memory, spatial_shapes, level_start_index)
-        queries = self.norm1(queries + self.dropout1(attended))
-        ffn = self.linear2(self.dropout3(F.relu(self.linear1(queries))))
-        return self.norm3(queries + self.dropout4(ffn))
+        queries = add_and_norm(queries, attended, self.dropout1, self.norm1)
+        return feed_forward_and_norm(queries, self.linear1, self.dropout3, self.linear2, self.dropout4, self.norm3)
 
 
 @dataclass
-class DecoderOutput:
-    """hidden_states: per layer, (B, Q, C) outputs after the shared decoder norm;
-    references: D + 1 sigmoid boxes (B, Q, 4): the input boxes, then each layer's refined boxes
-    (not detached); memory: (B, S, C) the memory after the optional update."""
+class DecoderMemory:
+    """What the decoder attends to. tokens: (B, S, C) encoder output in the decoder's level order;
+    pos: (1, S, C) sine positions (read by BATO); spatial_shapes: (L, 2); level_start_index: (L,)"""
 
-    hidden_states: List[torch.Tensor]
-    references: List[torch.Tensor]
-    memory: torch.Tensor
+    tokens: torch.Tensor
+    pos: torch.Tensor
+    spatial_shapes: torch.Tensor
+    level_start_index: torch.Tensor
 
 
-# called before a layer with (layer index, raw queries (B, Q, C), position queries (B, Q, C), memory
-# (B, S, C)); returns the memory for this and the following layers
-MemoryUpdate = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+@dataclass
+class DecoderState:
+    """The decoder between two layers. queries: (B, Q, C) raw output of the last layer run (the
+    input queries before the first); reference: (B, Q, 4) sigmoid boxes the next layer reads (the
+    input boxes, then the last refined boxes detached); hidden_states: per layer run, (B, Q, C)
+    outputs after the shared decoder norm; references: the input boxes, then each layer's refined
+    boxes (not detached)."""
+
+    queries: torch.Tensor
+    reference: torch.Tensor
+    hidden_states: List[torch.Tensor] = field(default_factory=list)
+    references: List[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def next_layer(self) -> int:
+        return len(self.hidden_states)
 
 
 class DeformableDecoder(nn.Module):
@@ -101,30 +113,37 @@ class DeformableDecoder(nn.Module):
             if isinstance(m, MSDeformAttn):
                 m.reset_parameters()
 
-    def forward(self, queries, boxes_unsigmoid, memory, spatial_shapes, level_start_index, box_head: nn.Module,
-                norm: nn.Module, self_attn_mask: Optional[torch.Tensor] = None,
-                memory_update: Optional[MemoryUpdate] = None) -> DecoderOutput:
-        """
+    @staticmethod
+    def initial_state(queries, boxes_unsigmoid) -> DecoderState:
+        """queries: (B, Q, C) initial contents; boxes_unsigmoid: (B, Q, 4) logit(cx, cy, w, h)."""
+        reference = boxes_unsigmoid.sigmoid()
+        return DecoderState(queries=queries, reference=reference, references=[reference])
+
+    def position_queries(self, state: DecoderState):
+        """(B, Q, C) positional queries of the next layer: an MLP of the sine embedding of its boxes."""
+        return self.ref_point_head(box_sine_embedding(state.reference, self.d_model // 2))
+
+    def forward(self, state: DecoderState, num_layers: int, memory: DecoderMemory, box_head: nn.Module,
+                norm: nn.Module, self_attn_mask: Optional[torch.Tensor] = None) -> DecoderState:
+        """Run the next ``num_layers`` layers from ``state``.
+
         Args:
-            queries: (B, Q, C) initial query contents
-            boxes_unsigmoid: (B, Q, 4) initial boxes, logit(cx, cy, w, h)
-            memory: (B, S, C); spatial_shapes: (L, 2); level_start_index: (L,)
+            state: from :meth:`initial_state` or a previous call
             box_head: the shared box head; norm: the shared decoder norm
             self_attn_mask: (Q, Q) bool, True where a query may not attend (denoising groups)
-            memory_update: optional hook run before every layer (BATO uses layer 1)
         """
-        reference = boxes_unsigmoid.sigmoid()
-        references = [reference]
-        hidden_states = []
-        for layer_id, layer in enumerate(self.layers):
+        if state.next_layer + num_layers > len(self.layers):
+            raise ValueError(f"decoder: layers {state.next_layer}..{state.next_layer + num_layers - 1} asked, "
+                             f"it has {len(self.layers)}")
+        queries, reference = state.queries, state.reference
+        hidden_states, references = list(state.hidden_states), list(state.references)
+        for layer in self.layers[state.next_layer:state.next_layer + num_layers]:
             query_pos = self.ref_point_head(box_sine_embedding(reference, self.d_model // 2))
-            if memory_update is not None:
-                memory = memory_update(layer_id, queries, query_pos, memory)
             with autocast_disabled(queries.device):
-                queries = layer(queries, query_pos, reference, memory, spatial_shapes, level_start_index,
-                                self_attn_mask)
+                queries = layer(queries, query_pos, reference, memory.tokens, memory.spatial_shapes,
+                                memory.level_start_index, self_attn_mask)
             refined = (box_head(queries) + inverse_sigmoid(reference)).sigmoid()
             reference = refined.detach()
             references.append(refined)
             hidden_states.append(norm(queries))
-        return DecoderOutput(hidden_states=hidden_states, references=references, memory=memory)
+        return DecoderState(queries, reference, hidden_states, references)

@@ -15,8 +15,16 @@ import torch
 from torch import nn
 
 from ..layers.box_ops import inverse_sigmoid
+from .outputs import StagePrediction
 
-__all__ = ["DenoisingQueries", "DenoisingQueryGenerator", "denoising_attention_mask"]
+__all__ = [
+    "DenoisingOutput",
+    "DenoisingQueries",
+    "DenoisingQueryGenerator",
+    "denoising_attention_mask",
+    "join_denoising",
+    "split_denoising",
+]
 
 
 @dataclass
@@ -30,6 +38,40 @@ class DenoisingQueries:
     num_groups: int
     single_pad: int
     pad_size: int
+
+
+@dataclass
+class DenoisingOutput:
+    """The denoising queries' predictions: ``final`` (last decoder layer) and ``aux`` (the stages of
+    ``PredictorOutput.aux``), each with P = pad_size = num_groups * single_pad queries; query
+    ``g * single_pad + j`` reconstructs target j of its image."""
+
+    final: StagePrediction
+    aux: List[StagePrediction]
+    num_groups: int
+    single_pad: int
+    pad_size: int
+
+
+def join_denoising(dn: Optional[DenoisingQueries], queries, boxes_unsigmoid):
+    """Denoising queries first, then the matching ones: (B, Q, C), (B, Q, 4) -> (B, P + Q, ...)."""
+    if dn is None:
+        return queries, boxes_unsigmoid
+    return torch.cat([dn.content, queries], dim=1), torch.cat([dn.boxes_unsigmoid, boxes_unsigmoid], dim=1)
+
+
+def split_denoising(stages: List[StagePrediction], dn: Optional[DenoisingQueries]):
+    """Undo :func:`join_denoising` on every stage's predictions.
+
+    Returns:
+        the matching queries' stages, and the :class:`DenoisingOutput` (None without denoising)
+    """
+    if dn is None:
+        return stages, None
+    matching = [s.queries(dn.pad_size) for s in stages]
+    denoised = [s.queries(0, dn.pad_size) for s in stages]
+    output = DenoisingOutput(denoised[-1], denoised[:-1], dn.num_groups, dn.single_pad, dn.pad_size)
+    return matching, output
 
 
 def denoising_attention_mask(num_groups: int, single_pad: int, num_queries: int, device=None):
@@ -58,21 +100,32 @@ class DenoisingQueryGenerator(nn.Module):
         self.noise_scale = noise_scale
         self.label_enc = nn.Embedding(num_classes, hidden_dim)
 
+    def _random_labels(self, labels):
+        """Each label becomes a uniformly drawn class with probability noise_scale / 2. (M,) -> (M,)"""
+        replaced = torch.rand(labels.shape, device=labels.device) < self.noise_scale / 2
+        drawn = torch.randint(0, self.num_classes, (int(replaced.sum()),), dtype=labels.dtype, device=labels.device)
+        noised = labels.clone()
+        noised[replaced] = drawn
+        return noised
+
+    def _jittered_boxes(self, boxes):
+        """Centres move by up to noise_scale * half the size, sizes by up to noise_scale * the size,
+        uniformly; the result is clamped to [0, 1]. (M, 4) cxcywh -> (M, 4)"""
+        size = boxes[:, 2:]
+        extent = torch.cat((size / 2, size), dim=1)
+        uniform = torch.rand(boxes.shape, device=boxes.device) * 2 - 1  # in [-1, 1)
+        return (boxes + uniform * extent * self.noise_scale).clamp(0.0, 1.0)
+
     def _noised(self, labels, boxes):
-        """labels: (M,), boxes: (M, 4) cxcywh -> noised copies."""
-        labels = labels.clone()
-        boxes = boxes.clone()
-        if self.noise_scale > 0:
-            p = torch.rand_like(labels.float())
-            chosen = torch.nonzero(p < (self.noise_scale * 0.5)).view(-1)
-            new_labels = torch.randint_like(chosen, 0, self.num_classes)
-            labels.scatter_(0, chosen, new_labels)
-            diff = torch.zeros_like(boxes)
-            diff[:, :2] = boxes[:, 2:] / 2
-            diff[:, 2:] = boxes[:, 2:]
-            boxes = boxes + torch.mul(torch.rand_like(boxes) * 2 - 1.0, diff) * self.noise_scale
-            boxes = boxes.clamp(min=0.0, max=1.0)
-        return labels, boxes
+        """labels: (M,), boxes: (M, 4) cxcywh -> noised copies (labels are drawn before boxes)."""
+        if self.noise_scale <= 0:
+            return labels.clone(), boxes.clone()
+        return self._random_labels(labels), self._jittered_boxes(boxes)
+
+    def graph_anchor(self) -> torch.Tensor:
+        """0 attached to ``label_enc``: added to a loss input when a training step has no denoising
+        queries, so that every parameter is used (distributed training needs it)."""
+        return 0.0 * self.label_enc.weight.sum()
 
     def forward(self, targets: List[Dict[str, torch.Tensor]], num_queries: int) -> Optional[DenoisingQueries]:
         """

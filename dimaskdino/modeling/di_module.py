@@ -10,10 +10,10 @@ from typing import List
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..layers.box_ops import inverse_sigmoid
 from ..layers.mlp import MLP
+from ..layers.post_norm import add_and_norm, feed_forward_and_norm
 from ..layers.position_encoding import box_sine_embedding
 from .utils import autocast_disabled, gather_rows
 
@@ -38,9 +38,8 @@ class TokenInteractionLayer(nn.Module):
         """tokens, query_pos: (B, K, C) -> (B, K, C)"""
         q = tokens + query_pos
         attended = self.self_attn(q, q, tokens)[0]
-        tokens = self.norm1(tokens + self.dropout1(attended))
-        ffn = self.linear2(self.dropout2(F.relu(self.linear1(tokens))))
-        return self.norm2(tokens + self.dropout3(ffn))
+        tokens = add_and_norm(tokens, attended, self.dropout1, self.norm1)
+        return feed_forward_and_norm(tokens, self.linear1, self.dropout2, self.linear2, self.dropout3, self.norm2)
 
 
 @dataclass

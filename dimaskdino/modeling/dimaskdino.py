@@ -5,7 +5,6 @@ Registered in detectron2's ``META_ARCH_REGISTRY`` as "DIMaskDINO" and, for the a
 image, ``{"instances": Instances}`` in the requested output size.
 """
 import logging
-from collections import defaultdict
 from typing import Dict, List, Tuple
 
 import torch
@@ -17,23 +16,13 @@ from detectron2.modeling.backbone import Backbone
 from detectron2.structures import BitMasks, ImageList, Instances, PolygonMasks
 
 from ..layers.box_ops import box_xyxy_to_cxcywh
-from .postprocess import instance_inference
+from .criterion import build_criterion
+from .outputs import StagePrediction
+from .postprocess import postprocess_prediction
 
-__all__ = ["DIMaskDINO"]
+__all__ = ["DIMaskDINO", "same_padded_size_groups"]
 
 logger = logging.getLogger(__name__)
-
-
-def _build_criterion(cfg):
-    """The training criterion (``dimaskdino.modeling.criterion.build_criterion``), imported lazily."""
-    try:
-        from .criterion import build_criterion
-    except ModuleNotFoundError as error:
-        if error.name != __package__ + ".criterion":
-            raise
-        logger.warning("dimaskdino.modeling.criterion is not available: the model can predict but not train")
-        return None
-    return build_criterion(cfg)
 
 
 @META_ARCH_REGISTRY.register()
@@ -57,8 +46,8 @@ class DIMaskDINO(nn.Module):
         Args:
             backbone: a detectron2 backbone giving the features the head reads
             sem_seg_head: pixel decoder + predictor (:class:`MaskDINOHead`)
-            criterion: the training loss, called as ``criterion(outputs, targets, dn_meta)``; may be
-                None for a model that only predicts
+            criterion: the training loss, called as ``criterion(outputs, targets)`` with the
+                predictor's :class:`PredictorOutput`; None for a model that only predicts
             size_divisibility: inputs are padded to a multiple of this (negative: the backbone's)
             pixel_mean, pixel_std: per-channel normalisation of the input images
             test_topk_per_image: detections per image (top-k over query x class pairs)
@@ -88,7 +77,7 @@ class DIMaskDINO(nn.Module):
         return {
             "backbone": backbone,
             "sem_seg_head": build_sem_seg_head(cfg, backbone.output_shape()),
-            "criterion": _build_criterion(cfg),
+            "criterion": build_criterion(cfg),
             "size_divisibility": cfg.MODEL.MaskDINO.SIZE_DIVISIBILITY,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
@@ -119,14 +108,13 @@ class DIMaskDINO(nn.Module):
 
     def losses(self, batched_inputs):
         if self.criterion is None:
-            raise RuntimeError("this model was built without a criterion (dimaskdino.modeling.criterion missing)")
+            raise RuntimeError("this model was built without a criterion (criterion=None): it can only predict")
         if any("instances" not in x for x in batched_inputs):
             raise ValueError("training needs an 'instances' entry in every input dict")
         images = ImageList.from_tensors(self.normalized_images(batched_inputs), self.size_divisibility)
         features = self.backbone(images.tensor)
         targets = self.prepare_targets([x["instances"].to(self.device) for x in batched_inputs], images)
-        outputs, dn_meta = self.sem_seg_head(features, targets=targets)
-        return self.criterion(outputs, targets, dn_meta)
+        return self.criterion(self.sem_seg_head(features, targets=targets), targets)
 
     def prepare_targets(self, instances: List[Instances], images: ImageList):
         """Targets of the criterion and the denoising queries.
@@ -151,38 +139,54 @@ class DIMaskDINO(nn.Module):
         return targets
 
     # ----------------------------------------------------------------------------------------------
-    def _padded_size(self, image) -> Tuple[int, int]:
-        h, w = image.shape[-2:]
-        d = self.size_divisibility
-        if d > 1:
-            h, w = (h + d - 1) // d * d, (w + d - 1) // d * d
-        return int(h), int(w)
-
     @torch.no_grad()
-    def inference(self, batched_inputs: List[Dict]):
+    def inference(self, batched_inputs: List[Dict], all_stages: bool = False) -> List[Dict]:
         """Instances per image. Images are batched only with images of the same padded size, so an
-        image gives the same instances alone or in any batch (padding is never masked)."""
+        image gives the same instances alone or in any batch (padding is never masked).
+
+        Args:
+            all_stages: also return the Instances of every prediction stage
+        Returns:
+            per image {"instances": Instances} (the final stage), with ``all_stages`` also
+            "stage_instances": stage name -> Instances in pipeline order ("interm", "ti1".., "initial",
+            "dec1"..; box-only stages have no pred_masks), the last one being "instances"
+        """
         images = self.normalized_images(batched_inputs)
-        groups = defaultdict(list)
-        for i, image in enumerate(images):
-            groups[self._padded_size(image)].append(i)
-        results = [None] * len(images)
-        for indices in groups.values():
+        results: List[Dict] = [{} for _ in images]
+        for indices in same_padded_size_groups(images, self.size_divisibility):
             batch = ImageList.from_tensors([images[i] for i in indices], self.size_divisibility)
-            outputs, _ = self.sem_seg_head(self.backbone(batch.tensor))
+            outputs = self.sem_seg_head(self.backbone(batch.tensor), all_stages=all_stages)
             padded_size = tuple(batch.tensor.shape[-2:])
             for j, i in enumerate(indices):
-                image_size = batch.image_sizes[j]
-                output_size = (
-                    int(batched_inputs[i].get("height", image_size[0])),
-                    int(batched_inputs[i].get("width", image_size[1])),
-                )
-                results[i] = {"instances": instance_inference(
-                    outputs["pred_logits"][j], outputs["pred_masks"][j], outputs["pred_boxes"][j],
-                    padded_size, tuple(image_size), output_size,
-                    max_detections=self.test_topk_per_image, score_from_box_only=self.focus_on_box,
-                )}
+                image_size = tuple(batch.image_sizes[j])
+                output_size = (int(batched_inputs[i].get("height", image_size[0])),
+                               int(batched_inputs[i].get("width", image_size[1])))
+                stages = (outputs.named_stages(self.sem_seg_head.predictor.initial_pred) if all_stages
+                          else {"final": outputs.final})
+                instances = {name: self.postprocess_image(stage.image(j), padded_size, image_size, output_size)
+                             for name, stage in stages.items()}
+                results[i]["instances"] = list(instances.values())[-1]
+                if all_stages:
+                    results[i]["stage_instances"] = instances
         return results
+
+    def postprocess_image(self, prediction: StagePrediction, padded_size: Tuple[int, int],
+                          image_size: Tuple[int, int], output_size: Tuple[int, int]) -> Instances:
+        """Instances of one image from one stage's raw predictions (see ``postprocess_prediction``),
+        with this model's detections per image and scoring."""
+        return postprocess_prediction(prediction, padded_size, image_size, output_size,
+                                      max_detections=self.test_topk_per_image, score_from_box_only=self.focus_on_box)
+
+
+def same_padded_size_groups(images: List[torch.Tensor], size_divisibility: int) -> List[List[int]]:
+    """Indices of the images grouped by their padded size (first appearance order)."""
+    groups: Dict[Tuple[int, int], List[int]] = {}
+    for i, image in enumerate(images):
+        h, w = image.shape[-2:]
+        if size_divisibility > 1:
+            h, w = -(-h // size_divisibility) * size_divisibility, -(-w // size_divisibility) * size_divisibility
+        groups.setdefault((int(h), int(w)), []).append(i)
+    return list(groups.values())
 
 
 def _mask_tensor(gt_masks, height: int, width: int) -> torch.Tensor:
@@ -196,5 +200,6 @@ def _mask_tensor(gt_masks, height: int, width: int) -> torch.Tensor:
     raise TypeError(f"instances.gt_masks must be a BitMasks, PolygonMasks or Tensor, got {type(gt_masks).__name__}")
 
 
-# the name in the authors' yaml files
-META_ARCH_REGISTRY._do_register("MaskDINO", DIMaskDINO)
+@META_ARCH_REGISTRY.register()
+def MaskDINO(cfg) -> DIMaskDINO:  # noqa: N802 (the name in the authors' yaml files)
+    return DIMaskDINO(cfg)

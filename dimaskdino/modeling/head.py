@@ -35,13 +35,14 @@ class MaskDINOHead(nn.Module):
             "predictor": build_transformer_decoder(cfg),
         }
 
-    def forward(self, features, targets=None):
+    def forward(self, features, targets=None, all_stages: bool = False):
         """
         Args:
             features: backbone outputs, name -> (B, C, H, W)
             targets: training targets (see ``DIMaskDINO.prepare_targets``) or None
+            all_stages: outside training, also predict every intermediate stage
         Returns:
-            (outputs, dn_meta) of the predictor
+            the predictor's :class:`dimaskdino.modeling.outputs.PredictorOutput`
         """
         mask_features, multi_scale_features = self.pixel_decoder(features)
-        return self.predictor(multi_scale_features, mask_features, targets=targets)
+        return self.predictor(multi_scale_features, mask_features, targets=targets, all_stages=all_stages)

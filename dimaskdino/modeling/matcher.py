@@ -22,6 +22,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou
 
+from .outputs import StagePrediction
+
 __all__ = [
     "HungarianMatcher",
     "COST_TYPES",
@@ -124,14 +126,14 @@ class HungarianMatcher(nn.Module):
     @torch.no_grad()
     def forward(
         self,
-        outputs: Dict[str, torch.Tensor],
+        outputs: StagePrediction,
         targets: List[Dict[str, torch.Tensor]],
         cost_types: Sequence[str] = COST_TYPES,
     ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
         """
         Args:
-            outputs: "pred_logits" (B, Q, K); "pred_boxes" (B, Q, 4) sigmoid (cx, cy, w, h) when
-                "box" is among cost_types; "pred_masks" (B, Q, H, W) logits when "mask" is.
+            outputs: one stage's logits (B, Q, K); boxes (B, Q, 4) sigmoid (cx, cy, w, h) when
+                "box" is among cost_types; masks (B, Q, H, W) logits when "mask" is.
             targets: B dicts with "labels" (N,) int64, "boxes" (N, 4) normalised (cx, cy, w, h)
                 and "masks" (N, H', W') covering the same padded image as the predicted masks.
             cost_types: which cost groups to use, a subset of ("class", "box", "mask"); the
@@ -145,17 +147,17 @@ class HungarianMatcher(nn.Module):
                 f"HungarianMatcher: cost_types must include 'class' and be a subset of "
                 f"{COST_TYPES}, got {tuple(cost_types)}"
             )
-        if len(targets) != outputs["pred_logits"].shape[0]:
+        if len(targets) != outputs.logits.shape[0]:
             raise ValueError(
                 f"HungarianMatcher: {len(targets)} targets for a batch of "
-                f"{outputs['pred_logits'].shape[0]} predictions"
+                f"{outputs.logits.shape[0]} predictions"
             )
         return [
             self._match_image(outputs, b, target, cost_types) for b, target in enumerate(targets)
         ]
 
     def _match_image(self, outputs, b, target, cost_types) -> Tuple[torch.Tensor, torch.Tensor]:
-        logits = outputs["pred_logits"][b]
+        logits = outputs.logits[b]
         if target["labels"].numel() == 0:
             return _empty_match(logits.device)
         costs = self.image_costs(outputs, b, target, cost_types)
@@ -177,14 +179,14 @@ class HungarianMatcher(nn.Module):
         self, outputs, b: int, target: Dict[str, torch.Tensor], cost_types: Sequence[str]
     ) -> Dict[str, torch.Tensor]:
         """The weighted (Q, N) cost matrices of image b, by term name."""
-        with torch.autocast(device_type=outputs["pred_logits"].device.type, enabled=False):
-            logits = outputs["pred_logits"][b].float()
+        with torch.autocast(device_type=outputs.logits.device.type, enabled=False):
+            logits = outputs.logits[b].float()
             costs = {
                 "class": self.cost_class
                 * focal_class_cost(logits, target["labels"], self.focal_alpha, self.focal_gamma)
             }
             if "box" in cost_types:
-                pred_boxes = outputs["pred_boxes"][b].float()
+                pred_boxes = outputs.boxes[b].float()
                 gt_boxes = target["boxes"].to(pred_boxes)
                 costs["box"] = self.cost_box * torch.cdist(pred_boxes, gt_boxes, p=1)
                 costs["giou"] = -self.cost_giou * generalized_box_iou(
@@ -192,7 +194,7 @@ class HungarianMatcher(nn.Module):
                 )
             if "mask" in cost_types:
                 point_logits, point_labels = self._sample_mask_points(
-                    outputs["pred_masks"][b], target["masks"]
+                    outputs.masks[b], target["masks"]
                 )
                 costs["mask"] = self.cost_mask * mask_bce_cost(point_logits, point_labels)
                 costs["dice"] = self.cost_dice * mask_dice_cost(point_logits, point_labels)

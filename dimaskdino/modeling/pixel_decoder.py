@@ -18,7 +18,8 @@ from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
 from ..layers import MSDeformAttn
-from ..layers.position_encoding import pixel_sine_embedding
+from ..layers.position_encoding import pixel_centres, pixel_sine_embedding
+from ..layers.post_norm import add_and_norm, feed_forward_and_norm
 from .utils import autocast_disabled, flatten_levels
 
 __all__ = ["MaskDINOEncoder", "DeformableEncoderLayer", "DeformableTransformerEncoder", "build_pixel_decoder"]
@@ -54,9 +55,8 @@ class DeformableEncoderLayer(nn.Module):
             (B, S, C)
         """
         attended = self.self_attn(tokens + pos, reference_points, tokens, spatial_shapes, level_start_index)
-        tokens = self.norm1(tokens + self.dropout1(attended))
-        ffn = self.linear2(self.dropout2(F.relu(self.linear1(tokens))))
-        return self.norm2(tokens + self.dropout3(ffn))
+        tokens = add_and_norm(tokens, attended, self.dropout1, self.norm1)
+        return feed_forward_and_norm(tokens, self.linear1, self.dropout2, self.linear2, self.dropout3, self.norm2)
 
 
 class DeformableTransformerEncoder(nn.Module):
@@ -83,14 +83,7 @@ class DeformableTransformerEncoder(nn.Module):
     @staticmethod
     def reference_points(spatial_shapes, device):
         """Pixel centres of every level, normalised: (1, S, 1, 2) (x, y)."""
-        points = []
-        for h, w in spatial_shapes.tolist():
-            ys = (torch.arange(h, dtype=torch.float32, device=device) + 0.5) / h
-            xs = (torch.arange(w, dtype=torch.float32, device=device) + 0.5) / w
-            grid = torch.stack(
-                (xs[None, :].expand(h, w), ys[:, None].expand(h, w)), dim=-1
-            )
-            points.append(grid.reshape(-1, 2))
+        points = [pixel_centres(h, w, device) for h, w in spatial_shapes.tolist()]
         return torch.cat(points, 0)[None, :, None, :]
 
     def forward(self, maps: List[torch.Tensor], pos: List[torch.Tensor]):

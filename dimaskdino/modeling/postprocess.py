@@ -1,5 +1,8 @@
 """Instance inference: from per-query predictions of one image to detectron2 ``Instances``.
 
+Stages without masks (the DI module's token-interaction layers) keep the same top-k and boxes,
+scored by class score alone (:func:`box_instance_inference`).
+
 The top-k (query, class) pairs by sigmoid class score are kept. Their mask logits are upsampled
 (bilinear) to the padded input size, cropped to the image, resized to the requested output size; a
 mask is its pixels with logit > 0, and the final score is the class score times the mean mask
@@ -14,8 +17,15 @@ from torch.nn import functional as F
 from detectron2.structures import Boxes, Instances
 
 from ..layers.box_ops import box_cxcywh_to_xyxy
+from .outputs import StagePrediction
 
-__all__ = ["instance_inference", "scale_boxes"]
+__all__ = [
+    "box_instance_inference",
+    "instance_inference",
+    "postprocess_prediction",
+    "scale_boxes",
+    "top_query_class_pairs",
+]
 
 
 def scale_boxes(boxes, padded_size: Tuple[int, int], image_size: Tuple[int, int], output_size: Tuple[int, int]):
@@ -39,6 +49,20 @@ def _resize_masks(mask_logits, padded_size, image_size, output_size):
     return F.interpolate(masks, size=output_size, mode="bilinear", align_corners=False)[0]
 
 
+def top_query_class_pairs(logits, max_detections: int):
+    """The top-k (query, class) pairs by sigmoid class score (unsorted).
+
+    Args:
+        logits: (Q, K) class logits
+    Returns:
+        scores: (k,), query_index: (k,), classes: (k,) with k = min(max_detections, Q * K)
+    """
+    num_classes = logits.shape[1]
+    scores = logits.sigmoid().flatten()
+    top_scores, top_index = scores.topk(min(max_detections, scores.numel()), sorted=False)
+    return top_scores, torch.div(top_index, num_classes, rounding_mode="floor"), top_index % num_classes
+
+
 def instance_inference(
     logits,
     mask_logits,
@@ -56,18 +80,12 @@ def instance_inference(
         padded_size: (H_pad, W_pad) of the network input; image_size: (H_img, W_img) before padding
         output_size: (height, width) of the returned instances
         max_detections: k of the top-k over (query, class) pairs
-        score_from_box_only: score = class score alone (the authors' TEST_FOUCUS_ON_BOX)
+        score_from_box_only: score = class score alone (config key ``MODEL.MaskDINO.TEST.FOCUS_ON_BOX``)
     Returns:
         Instances of size ``output_size`` with pred_masks (N, height, width) float 0/1, pred_boxes
         (xyxy), scores and pred_classes, N = min(max_detections, Q * K), in top-k order.
     """
-    num_queries, num_classes = logits.shape
-    scores = logits.sigmoid().flatten()
-    k = min(max_detections, scores.numel())
-    top_scores, top_index = scores.topk(k, sorted=False)
-    classes = top_index % num_classes
-    query_index = torch.div(top_index, num_classes, rounding_mode="floor")
-
+    top_scores, query_index, classes = top_query_class_pairs(logits, max_detections)
     # only the masks of the kept queries are resized; a query may be kept with several classes
     kept, inverse = torch.unique(query_index, return_inverse=True)
     masks = _resize_masks(mask_logits[kept], padded_size, image_size, output_size)
@@ -80,3 +98,46 @@ def instance_inference(
     result.scores = top_scores if score_from_box_only else top_scores * mask_scores[inverse]
     result.pred_classes = classes
     return result
+
+
+def box_instance_inference(
+    logits,
+    boxes,
+    padded_size: Tuple[int, int],
+    image_size: Tuple[int, int],
+    output_size: Tuple[int, int],
+    max_detections: int = 100,
+) -> Instances:
+    """Instances of a stage without masks: the top-k (query, class) pairs by sigmoid class score, as
+    :func:`instance_inference` with ``score_from_box_only``.
+
+    Args:
+        logits: (Q, K) class logits; boxes: (Q, 4) sigmoid cxcywh relative to the padded input
+        padded_size, image_size, output_size: (height, width), see :func:`instance_inference`
+    Returns:
+        Instances of size ``output_size`` with pred_boxes (xyxy), scores and pred_classes
+    """
+    top_scores, query_index, classes = top_query_class_pairs(logits, max_detections)
+    result = Instances(tuple(output_size))
+    result.pred_boxes = Boxes(scale_boxes(boxes[query_index], padded_size, image_size, output_size))
+    result.scores = top_scores
+    result.pred_classes = classes
+    return result
+
+
+def postprocess_prediction(
+    prediction: StagePrediction,
+    padded_size: Tuple[int, int],
+    image_size: Tuple[int, int],
+    output_size: Tuple[int, int],
+    max_detections: int = 100,
+    score_from_box_only: bool = False,
+) -> Instances:
+    """Instances of one image from one stage's raw predictions (logits (Q, K), boxes (Q, 4), masks
+    (Q, h, w) or None): :func:`instance_inference`, or :func:`box_instance_inference` without masks.
+    ``DIMaskDINO.inference`` post-processes every stage with it; so can an exported model's caller."""
+    if prediction.masks is None:
+        return box_instance_inference(prediction.logits, prediction.boxes, padded_size, image_size, output_size,
+                                      max_detections)
+    return instance_inference(prediction.logits, prediction.masks, prediction.boxes, padded_size, image_size,
+                              output_size, max_detections, score_from_box_only)

@@ -8,8 +8,8 @@ Registered in ``TRANSFORMER_DECODER_REGISTRY`` under the authors' name "DIMaskDI
 from ``MODEL.MaskDINO.DI_ENABLED`` / ``BATO_ENABLED``) and MaskDINO's "MaskDINODecoder" (both off).
 """
 import logging
-from dataclasses import dataclass
-from typing import Dict, List, Optional
+from dataclasses import replace
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -21,9 +21,10 @@ from ..layers.box_ops import box_xyxy_to_cxcywh, inverse_sigmoid, masks_to_boxes
 from ..layers.mlp import MLP
 from ..layers.position_encoding import pixel_sine_embedding
 from .bato import BalanceAwareTokenOptimization
-from .decoder import DeformableDecoder
-from .denoising import DenoisingQueries, DenoisingQueryGenerator
+from .decoder import DecoderMemory, DecoderState, DeformableDecoder
+from .denoising import DenoisingQueries, DenoisingQueryGenerator, join_denoising, split_denoising
 from .di_module import DeImbalanceModule
+from .outputs import PredictorOutput, StagePrediction
 from .query_selection import TwoStageQuerySelection
 from .utils import flatten_levels
 
@@ -110,9 +111,6 @@ class DIMaskDINOPredictor(nn.Module):
         self.initial_pred = initial_pred
         self.initialize_box_type = initialize_box_type
         self.dn = dn
-        # eval only: also return every stage's predictions (aux/interm/ti outputs, with masks), as in
-        # training; used by layer-wise evaluation (``dimaskdino.evaluation.layerwise``)
-        self.return_all_stages = False
 
         self.class_embed = nn.Linear(hidden_dim, num_classes)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
@@ -197,7 +195,32 @@ class DIMaskDINOPredictor(nn.Module):
         return (self.box_embed(hidden_state) + inverse_sigmoid(reference)).sigmoid()
 
     # ----------------------------------------------------------------------------------------------
-    def _memory(self, multi_scale_features) -> "_Memory":
+    def forward(self, multi_scale_features: List[torch.Tensor], mask_features, targets=None,
+                all_stages: bool = False) -> PredictorOutput:
+        """
+        Args:
+            multi_scale_features: L encoder maps (B, C, H_l, W_l) in encoder order
+            mask_features: (B, C_mask, H/4, W/4)
+            targets: training only, per image {"labels": (N,), "boxes": (N, 4) cxcywh normalised, ...}
+            all_stages: outside training, also return every intermediate stage (always on in training)
+        Returns:
+            the predictions of every stage asked for, see :mod:`dimaskdino.modeling.outputs`
+        """
+        all_stages = all_stages or self.training
+        memory = self.decoder_memory(multi_scale_features)
+        queries, boxes_unsigmoid, interm = self.first_selection(memory, mask_features, all_stages)
+        queries, boxes_unsigmoid, ti = self.de_imbalance(queries, boxes_unsigmoid, all_stages)
+        dn = self.denoising_queries(targets)
+        state = self.decoder.initial_state(*join_denoising(dn, queries, boxes_unsigmoid))
+        initial = self.initial_prediction(state, mask_features) if all_stages and self.initial_pred else []
+        state, layer_mask_features = self.decode(state, memory, mask_features, dn)
+        stages = initial + self.layer_predictions(state, layer_mask_features, all_stages)
+        stages, denoising = split_denoising(stages, dn)
+        if self.training and dn is None:
+            stages[-1].logits = stages[-1].logits + self.denoising.graph_anchor()
+        return PredictorOutput(final=stages[-1], aux=stages[:-1], interm=interm, ti=ti, denoising=denoising)
+
+    def decoder_memory(self, multi_scale_features) -> DecoderMemory:
         """Memory tokens in the decoder's order: the encoder levels reversed."""
         maps = multi_scale_features[::-1]
         tokens, spatial_shapes, level_start_index = flatten_levels(maps)
@@ -205,20 +228,20 @@ class DIMaskDINOPredictor(nn.Module):
             [pixel_sine_embedding(m.shape[-2], m.shape[-1], self.hidden_dim // 2, m.device).flatten(0, 1)
              for m in maps], 0
         )[None]
-        return _Memory(tokens, pos, spatial_shapes, level_start_index)
+        return DecoderMemory(tokens, pos, spatial_shapes, level_start_index)
 
-    def _first_selection(self, memory: "_Memory", mask_features):
-        """Queries and logit boxes (detached) from the encoder tokens, and the interm predictions
-        (training, or when the boxes are initialised from the masks)."""
+    def first_selection(self, memory: DecoderMemory, mask_features, all_stages: bool):
+        """Queries and logit boxes (detached) from the encoder tokens, and the proposals' predictions
+        (None unless ``all_stages``)."""
         selected = self.query_selection(memory.tokens, memory.spatial_shapes, self.class_embed, self.box_embed)
         queries = selected.queries.detach()
         boxes_unsigmoid = selected.boxes_unsigmoid.detach()
-        interm = None
-        if self.training or self.return_all_stages or self.initialize_box_type != "no":
-            logits, masks = self.predict(selected.queries, mask_features)
-            interm = _stage_dict(logits, masks, selected.boxes_unsigmoid.sigmoid())
-            if self.initialize_box_type != "no":
-                boxes_unsigmoid = self._initial_boxes(masks)
+        if not all_stages and self.initialize_box_type == "no":
+            return queries, boxes_unsigmoid, None
+        logits, masks = self.predict(selected.queries, mask_features)
+        if self.initialize_box_type != "no":
+            boxes_unsigmoid = self._initial_boxes(masks)
+        interm = StagePrediction(logits, selected.boxes_unsigmoid.sigmoid(), masks) if all_stages else None
         return queries, boxes_unsigmoid, interm
 
     def _initial_boxes(self, masks):
@@ -228,123 +251,61 @@ class DIMaskDINOPredictor(nn.Module):
         boxes = box_xyxy_to_cxcywh(boxes) / torch.as_tensor([w, h, w, h], dtype=torch.float, device=masks.device)
         return inverse_sigmoid(boxes.reshape(b, q, 4))
 
-    def _de_imbalance(self, queries, boxes_unsigmoid):
-        """Token interaction and the second selection; the TI layers' predictions in training."""
+    def de_imbalance(self, queries, boxes_unsigmoid, all_stages: bool):
+        """Token interaction and the second selection (when DI is on); the TI layers' predictions
+        when ``all_stages``."""
+        if self.di_module is None:
+            return queries, boxes_unsigmoid, []
         di_output = self.di_module(queries, boxes_unsigmoid, self.class_embed)
         ti_outputs = []
-        if self.training or self.return_all_stages:
+        if all_stages:
             for states, refined in zip(di_output.layer_outputs, di_output.layer_boxes):
                 logits, _ = self.predict(states, None, with_masks=False)
                 boxes = (self.di_module.box_embed(states) + inverse_sigmoid(refined)).sigmoid()
-                ti_outputs.append({"pred_logits": logits, "pred_boxes": boxes})
+                ti_outputs.append(StagePrediction(logits, boxes))
         return di_output.queries, inverse_sigmoid(di_output.boxes), ti_outputs
 
-    def _bato_hook(self, memory: "_Memory", mask_features, state):
-        """The decoder's memory-update hook: BATO before layer 1, on the matching queries only; the
-        updated mask features go to ``state``."""
+    def denoising_queries(self, targets) -> Optional[DenoisingQueries]:
+        """The noised ground truths of a training step (None outside training or without objects)."""
+        if not self.training or self.dn == "no":
+            return None
+        if targets is None:
+            raise ValueError("training with MODEL.MaskDINO.DN != 'no' needs targets")
+        return self.denoising(targets, self.num_queries)
 
-        def update(layer_id, queries, query_pos, tokens):
-            if layer_id != 1:
-                return tokens
-            q = self.num_queries
-            result = self.bato(queries[:, -q:], query_pos[:, -q:], self.class_embed, self.mask_embed, tokens,
-                               memory.pos, memory.spatial_shapes, memory.level_start_index, mask_features)
-            state["mask_features"] = result.mask_features
-            return result.memory
+    def initial_prediction(self, state: DecoderState, mask_features) -> List[StagePrediction]:
+        """The prediction before the first decoder layer (INITIAL_PRED)."""
+        logits, masks = self.predict(state.queries, mask_features)
+        return [StagePrediction(logits, state.reference, masks)]
 
-        return update
+    def decode(self, state: DecoderState, memory: DecoderMemory, mask_features, dn: Optional[DenoisingQueries]):
+        """The decoder layers before BATO, BATO (memory and mask features), then the remaining layers.
 
-    def _decode(self, queries, boxes_unsigmoid, memory: "_Memory", mask_features, attn_mask):
-        """Predictions (logits, masks, boxes) of every stage: the initial one, then each decoder layer.
-
-        Outside training (unless ``return_all_stages``) only the last stage is computed (masks from the
-        BATO-updated features for decoder layers >= 1).
-        """
-        all_stages = self.training or self.return_all_stages
-        stages = []
-        if self.initial_pred:
-            logits, masks = self.predict(queries, mask_features, with_masks=all_stages)
-            stages.append((logits, masks, boxes_unsigmoid.sigmoid()))
-        state = {"mask_features": mask_features}
-        hook = None if self.bato is None else self._bato_hook(memory, mask_features, state)
-        decoded = self.decoder(
-            queries, boxes_unsigmoid, memory.tokens, memory.spatial_shapes, memory.level_start_index, self.box_embed,
-            self.decoder_norm, self_attn_mask=attn_mask, memory_update=hook,
-        )
-        num_layers = len(decoded.hidden_states)
-        for i, hidden in enumerate(decoded.hidden_states):
-            if not all_stages and i != num_layers - 1:
-                continue
-            logits, masks = self.predict(hidden, mask_features if i == 0 else state["mask_features"])
-            stages.append((logits, masks, self.refine_boxes(hidden, decoded.references[i])))
-        return stages
-
-    def forward(self, multi_scale_features: List[torch.Tensor], mask_features, targets=None):
-        """
-        Args:
-            multi_scale_features: L encoder maps (B, C, H_l, W_l) in encoder order
-            mask_features: (B, C_mask, H/4, W/4)
-            targets: training only, per image {"labels": (N,), "boxes": (N, 4) cxcywh normalised, ...}
         Returns:
-            outputs: dict, see ``dimaskdino.modeling`` (pred_logits, pred_boxes, pred_masks, and in
-                training aux_outputs, interm_outputs, ti_outputs)
-            dn_meta: None, or the denoising groups and their outputs (training)
+            the decoder state after the last layer, and per layer the (B, C, H/4, W/4) mask features
+            its masks are predicted from
         """
-        memory = self._memory(multi_scale_features)
-        queries, boxes_unsigmoid, interm = self._first_selection(memory, mask_features)
-        ti_outputs = []
-        if self.di_module is not None:
-            queries, boxes_unsigmoid, ti_outputs = self._de_imbalance(queries, boxes_unsigmoid)
+        attn_mask = None if dn is None else dn.attn_mask
+        num_layers = len(self.decoder.layers)
+        before = num_layers if self.bato is None else min(self.bato.layers_before, num_layers)
+        state = self.decoder(state, before, memory, self.box_embed, self.decoder_norm, attn_mask)
+        if before == num_layers:
+            return state, [mask_features] * num_layers
+        updated = self.bato(state.queries, self.decoder.position_queries(state), 0 if dn is None else dn.pad_size,
+                            self.class_embed, self.mask_embed, memory, mask_features)
+        memory = replace(memory, tokens=updated.memory)
+        state = self.decoder(state, num_layers - before, memory, self.box_embed, self.decoder_norm, attn_mask)
+        return state, [mask_features] * before + [updated.mask_features] * (num_layers - before)
 
-        dn: Optional[DenoisingQueries] = None
-        if self.training and self.dn != "no":
-            if targets is None:
-                raise ValueError("training with MODEL.MaskDINO.DN != 'no' needs targets")
-            dn = self.denoising(targets, self.num_queries)
-        if dn is not None:  # denoising queries go first
-            queries = torch.cat([dn.content, queries], dim=1)
-            boxes_unsigmoid = torch.cat([dn.boxes_unsigmoid, boxes_unsigmoid], dim=1)
-
-        stages = self._decode(queries, boxes_unsigmoid, memory, mask_features, None if dn is None else dn.attn_mask)
-        if not self.training:
-            outputs = _stage_dict(*stages[-1])
-            if self.return_all_stages:
-                outputs.update(aux_outputs=[_stage_dict(*s) for s in stages[:-1]], interm_outputs=interm,
-                               ti_outputs=ti_outputs)
-            return outputs, None
-        if dn is None:
-            # keeps label_enc in the graph (distributed training needs every parameter used)
-            logits, masks, boxes = stages[-1]
-            stages[-1] = (logits + 0.0 * self.denoising.label_enc.weight.sum(), masks, boxes)
-
-        dn_meta = None
-        if dn is not None:
-            dn_stages = [tuple(t[:, :dn.pad_size] for t in stage) for stage in stages]
-            stages = [tuple(t[:, dn.pad_size:] for t in stage) for stage in stages]
-            dn_outputs = _stage_dict(*dn_stages[-1])
-            dn_outputs["aux_outputs"] = [_stage_dict(*s) for s in dn_stages[:-1]]
-            dn_meta = {"num_groups": dn.num_groups, "single_pad": dn.single_pad, "pad_size": dn.pad_size,
-                       "outputs": dn_outputs}
-        outputs = _stage_dict(*stages[-1])
-        outputs["aux_outputs"] = [_stage_dict(*s) for s in stages[:-1]]
-        outputs["interm_outputs"] = interm
-        outputs["ti_outputs"] = ti_outputs
-        return outputs, dn_meta
-
-
-@dataclass
-class _Memory:
-    """tokens: (B, S, C) encoder output in the decoder's level order; pos: (1, S, C) sine positions;
-    spatial_shapes: (L, 2); level_start_index: (L,)"""
-
-    tokens: torch.Tensor
-    pos: torch.Tensor
-    spatial_shapes: torch.Tensor
-    level_start_index: torch.Tensor
-
-
-def _stage_dict(logits, masks, boxes) -> Dict[str, Optional[torch.Tensor]]:
-    return {"pred_logits": logits, "pred_masks": masks, "pred_boxes": boxes}
+    def layer_predictions(self, state: DecoderState, layer_mask_features, all_stages: bool) -> List[StagePrediction]:
+        """Class logits, boxes and masks of every decoder layer (the last one only unless ``all_stages``)."""
+        last = len(state.hidden_states) - 1
+        stages = []
+        for i in range(last + 1) if all_stages else [last]:
+            hidden = state.hidden_states[i]
+            logits, masks = self.predict(hidden, layer_mask_features[i])
+            stages.append(StagePrediction(logits, self.refine_boxes(hidden, state.references[i]), masks))
+        return stages
 
 
 @TRANSFORMER_DECODER_REGISTRY.register()
@@ -361,6 +322,12 @@ class MaskDINOPredictor(DIMaskDINOPredictor):
         return args
 
 
-# the names used in the authors' and MaskDINO's yaml files
-TRANSFORMER_DECODER_REGISTRY._do_register("DIMaskDINODecoder", DIMaskDINOPredictor)
-TRANSFORMER_DECODER_REGISTRY._do_register("MaskDINODecoder", MaskDINOPredictor)
+# The names in the authors' and MaskDINO's yaml files, registered as builders of the classes above.
+@TRANSFORMER_DECODER_REGISTRY.register()
+def DIMaskDINODecoder(cfg) -> DIMaskDINOPredictor:  # noqa: N802 (a registry name)
+    return DIMaskDINOPredictor(cfg)
+
+
+@TRANSFORMER_DECODER_REGISTRY.register()
+def MaskDINODecoder(cfg) -> MaskDINOPredictor:  # noqa: N802 (a registry name)
+    return MaskDINOPredictor(cfg)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..layers.position_encoding import pixel_centres
 from .utils import gather_rows
 
 __all__ = ["TwoStageQuerySelection", "SelectedQueries", "encoder_anchor_boxes"]
@@ -27,9 +28,7 @@ def encoder_anchor_boxes(spatial_shapes, device):
     """
     anchors = []
     for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
-        ys = (torch.arange(h, dtype=torch.float32, device=device) + 0.5) / h
-        xs = (torch.arange(w, dtype=torch.float32, device=device) + 0.5) / w
-        centres = torch.stack((xs[None, :].expand(h, w), ys[:, None].expand(h, w)), dim=-1).reshape(-1, 2)
+        centres = pixel_centres(h, w, device)
         sizes = torch.full_like(centres, 0.05) * (2.0 ** lvl)
         anchors.append(torch.cat((centres, sizes), dim=-1))
     anchors = torch.cat(anchors, 0)

@@ -32,8 +32,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dimaskdino.layers.ms_deform_attn import (  # noqa: E402
+from dimaskdino.layers.ms_deform_attn import (
     ms_deform_attn,
     ms_deform_attn_backends,
     ms_deform_attn_reference,

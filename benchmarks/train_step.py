@@ -15,7 +15,6 @@ not timed. After ``--warmup`` iterations, ``--iters`` iterations are timed and a
 import argparse
 import os
 import resource
-import sys
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -26,11 +25,10 @@ from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
 
-import dimaskdino.modeling  # noqa: E402,F401  (registers the model)
-from dimaskdino.config import add_dimaskdino_config  # noqa: E402
-from dimaskdino.engine import build_optimizer  # noqa: E402
+import dimaskdino.modeling  # noqa: F401  (registers the model)
+from dimaskdino.config import add_dimaskdino_config
+from dimaskdino.engine import build_optimizer_from_cfg
 
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs/embedded/dimaskdino_r18_embedded.yaml")
 
@@ -142,7 +140,7 @@ def build(args):
     cfg.freeze()
     model = build_model(cfg)
     model.train()
-    return cfg, model, build_optimizer(cfg, model)
+    return cfg, model, build_optimizer_from_cfg(cfg, model)
 
 
 def main():

@@ -13,19 +13,17 @@ import argparse
 import glob
 import logging
 import os
-import sys
 import time
 
 import cv2
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import dimaskdino.data  # noqa: E402,F401  (registers the datasets)
-import dimaskdino.modeling  # noqa: E402,F401  (registers the model)
-from detectron2.data import detection_utils as utils  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
+import dimaskdino.data  # noqa: F401  (registers the datasets)
+import dimaskdino.modeling  # noqa: F401  (registers the model)
+from detectron2.data import detection_utils as utils
+from detectron2.utils.logger import setup_logger
 
-from dimaskdino.utils.visualize import Predictor, draw_predictions  # noqa: E402
+from dimaskdino.utils.visualize import Predictor, draw_predictions
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 

@@ -18,7 +18,7 @@ from detectron2.evaluation import inference_on_dataset
 
 from dimaskdino.checkpoint import DIMaskDINOCheckpointer
 from dimaskdino.data.datasets.embedded import EMBEDDED_VERSION, generate_embedded_shapes
-from dimaskdino.engine import build_optimizer
+from dimaskdino.engine import build_optimizer_from_cfg
 from dimaskdino.evaluation import build_evaluator
 from dimaskdino.evaluation.layerwise import (
     build_stage_evaluators,
@@ -87,7 +87,7 @@ def _cfg(tmp_path, **maskdino):
 def _trained_model(cfg):
     """The tiny model after a few iterations on the painted images: APs between 0 and 100."""
     model = tiny_model(cfg)
-    optimizer = build_optimizer(cfg, model)
+    optimizer = build_optimizer_from_cfg(cfg, model)
     batch = [painted_image(objects) for objects in TWO_IMAGES]
     for _ in range(TRAIN_ITERATIONS):
         loss = sum(model(batch).values())

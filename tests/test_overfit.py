@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 from detectron2.structures import pairwise_iou
 
-from dimaskdino.engine import build_optimizer
+from dimaskdino.engine import build_optimizer_from_cfg
 from tiny_training import TWO_IMAGES, one_thread, painted_image, tiny_cfg, tiny_model  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +25,7 @@ def test_tiny_model_overfits_two_images(one_thread):
     cfg.SOLVER.WEIGHT_DECAY = 0.0
     cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0
     model = tiny_model(cfg)
-    optimizer = build_optimizer(cfg, model)
+    optimizer = build_optimizer_from_cfg(cfg, model)
     batch = [painted_image(objects) for objects in TWO_IMAGES]
 
     history = []

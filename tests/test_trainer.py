@@ -12,7 +12,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import BoxMode
 from torch import nn
 
-from dimaskdino.engine import DIMaskDINOTrainer, build_optimizer, check_losses_finite
+from dimaskdino.engine import DIMaskDINOTrainer, build_optimizer_from_cfg, check_losses_finite
 
 
 class _ToyModel(nn.Module):
@@ -55,7 +55,7 @@ def _hyperparams(optimizer):
 
 def test_param_groups_backbone_lr_and_no_decay_on_norms_and_embeddings():
     model = _ToyModel()
-    optimizer = build_optimizer(_solver_cfg(), model)
+    optimizer = build_optimizer_from_cfg(_solver_cfg(), model)
     got = _hyperparams(optimizer)
     expected = {
         model.backbone[0].weight: (1e-5, 0.05),
@@ -91,7 +91,7 @@ def test_full_model_clipping_scales_all_gradients_together():
     cfg.SOLVER.BASE_LR = 1.0
     cfg.SOLVER.BACKBONE_MULTIPLIER = 1.0
     cfg.SOLVER.WEIGHT_DECAY = 0.0
-    optimizer = build_optimizer(cfg, model)
+    optimizer = build_optimizer_from_cfg(cfg, model)
     params = _gradients(model)
     before = [p.detach().clone() for p in params]
     grads = [p.grad.clone() for p in params]
@@ -104,7 +104,7 @@ def test_full_model_clipping_scales_all_gradients_together():
 
 def test_full_model_clipping_with_adamw_and_per_parameter_clipping():
     model = _ToyModel()
-    optimizer = build_optimizer(_solver_cfg(clip_value=0.01), model)
+    optimizer = build_optimizer_from_cfg(_solver_cfg(clip_value=0.01), model)
     params = _gradients(model)
     optimizer.step()
     clipped_norm = math.sqrt(sum(float((p.grad**2).sum()) for p in params))
@@ -112,7 +112,7 @@ def test_full_model_clipping_with_adamw_and_per_parameter_clipping():
 
     # Other clip types are detectron2's per-parameter clipping.
     model = _ToyModel()
-    optimizer = build_optimizer(_solver_cfg(clip_type="value", clip_value=0.5), model)
+    optimizer = build_optimizer_from_cfg(_solver_cfg(clip_type="value", clip_value=0.5), model)
     params = _gradients(model)
     optimizer.step()
     assert max(float(p.grad.abs().max()) for p in params) <= 0.5
@@ -120,7 +120,7 @@ def test_full_model_clipping_with_adamw_and_per_parameter_clipping():
 
 def test_bad_optimizer_name_is_an_error():
     with pytest.raises(ValueError, match="SOLVER.OPTIMIZER"):
-        build_optimizer(_solver_cfg(optimizer="LAMB"), _ToyModel())
+        build_optimizer_from_cfg(_solver_cfg(optimizer="LAMB"), _ToyModel())
 
 
 def test_check_losses_finite_names_terms_and_iteration():

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dimaskdino.engine import build_optimizer
+from dimaskdino.engine import build_optimizer_from_cfg
 from tiny_training import TWO_IMAGES, one_thread, painted_image, tiny_cfg, tiny_model  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def _step(model, optimizer, batch):
 def test_every_parameter_gets_a_gradient(di_and_bato, one_thread):
     cfg = tiny_cfg(REPO, DI_ENABLED=di_and_bato, BATO_ENABLED=di_and_bato)
     model = tiny_model(cfg)
-    optimizer = build_optimizer(cfg, model)
+    optimizer = build_optimizer_from_cfg(cfg, model)
     batch = [painted_image(objects) for objects in TWO_IMAGES]
 
     losses = _step(model, optimizer, batch)
@@ -64,7 +64,7 @@ def test_every_parameter_gets_a_gradient(di_and_bato, one_thread):
 def test_images_without_instances_train_without_nan(one_thread):
     cfg = tiny_cfg(REPO)
     model = tiny_model(cfg)
-    optimizer = build_optimizer(cfg, model)
+    optimizer = build_optimizer_from_cfg(cfg, model)
     empty = painted_image([])
     for batch in ([empty, painted_image(TWO_IMAGES[0])], [empty, painted_image([])]):
         losses = _step(model, optimizer, batch)

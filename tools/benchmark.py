@@ -17,9 +17,7 @@ matmul, element-wise, ...).
 """
 import itertools
 import logging
-import os
 import re
-import sys
 import time
 from collections import defaultdict
 
@@ -30,13 +28,10 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import dimaskdino.data  # noqa: E402,F401  (registers the datasets)
-import dimaskdino.modeling  # noqa: E402,F401  (registers the model)
-from dimaskdino.utils import lazy_training  # noqa: E402
-from dimaskdino.utils.config_files import is_lazy_config, load_config  # noqa: E402
-from dimaskdino.utils.weights import load_weights  # noqa: E402
+import dimaskdino.data  # noqa: F401  (registers the datasets)
+import dimaskdino.modeling  # noqa: F401  (registers the model)
+from dimaskdino.engine.runner import load_run
+from dimaskdino.utils.weights import load_weights
 
 logger = logging.getLogger("dimaskdino")
 
@@ -54,33 +49,16 @@ OP_KINDS = [
 
 
 def setup(args):
-    cfg = load_config(args.config_file, args.opts)
+    """The run view of the config file (dimaskdino.engine.runner), with console loggers."""
+    run = load_run(args.config_file, args.opts)
     setup_logger(distributed_rank=comm.get_rank(), name="dimaskdino")
     setup_logger(distributed_rank=comm.get_rank())
-    return cfg
+    return run
 
 
-def build(cfg, lazy, what):
-    """Model, optimizer and loaders for both config kinds."""
-    if lazy:
-        return lazy_training.build(cfg, what)
-    from dimaskdino.engine import DIMaskDINOTrainer as Trainer
-
-    if what == "model":
-        return Trainer.build_model(cfg)
-    if what == "optimizer_for":
-        return lambda model: Trainer.build_optimizer(cfg, model)
-    if what == "train_loader":
-        return Trainer.build_train_loader(cfg)
-    if what == "test_loader":
-        return Trainer.build_test_loader(cfg, cfg.DATASETS.TEST[0])
-    raise ValueError(what)
-
-
-def load_model_weights(cfg, lazy, model):
-    path = cfg.train.init_checkpoint if lazy else cfg.MODEL.WEIGHTS
-    if path:
-        load_weights(model, path)
+def load_model_weights(run, model):
+    if run.weights:
+        load_weights(model, run.weights, key=run.weights_key)
 
 
 def timed(fn, iters, warmup):
@@ -110,8 +88,8 @@ def summary(name, times, images_per_iter):
 
 
 def benchmark_data(args):
-    cfg = setup(args)
-    loader = iter(build(cfg, is_lazy_config(args.config_file), "train_loader"))
+    run = setup(args)
+    loader = iter(run.build_train_loader())
     next(loader)
     batch_size = []
     times = timed(lambda i: batch_size.append(len(next(loader))), args.iters, args.warmup)
@@ -172,13 +150,12 @@ def profile_breakdown(step, iters):
 
 
 def benchmark_train(args):
-    cfg = setup(args)
-    lazy = is_lazy_config(args.config_file)
-    model = build(cfg, lazy, "model")
+    run = setup(args)
+    model = run.build_model()
     model.train()
-    optimizer = build(cfg, lazy, "optimizer_for")(model)
-    load_model_weights(cfg, lazy, model)
-    loader = build(cfg, lazy, "train_loader")
+    optimizer = run.build_optimizer(model)
+    load_model_weights(run, model)
+    loader = run.build_train_loader()
     batches = list(itertools.islice(loader, args.cached_batches))
 
     def step(i):
@@ -220,12 +197,11 @@ def _has_submodule(model, name):
 
 @torch.no_grad()
 def benchmark_eval(args):
-    cfg = setup(args)
-    lazy = is_lazy_config(args.config_file)
-    model = build(cfg, lazy, "model")
-    load_model_weights(cfg, lazy, model)
+    run = setup(args)
+    model = run.build_model()
+    load_model_weights(run, model)
     model.eval()
-    batches = list(itertools.islice(build(cfg, lazy, "test_loader"), args.cached_batches))
+    batches = list(itertools.islice(run.test_sets()[0][1](), args.cached_batches))
     times = timed(lambda i: model(batches[i % len(batches)]), args.iters, args.warmup)
     print(summary("inference (data loading excluded)", times, len(batches[0])))
 

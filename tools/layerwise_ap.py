@@ -12,20 +12,18 @@ OUTPUT_DIR/layerwise_ap.png) and, with --json, the numbers. Per-stage COCO predi
 OUTPUT_DIR/layerwise/<dataset>/<stage>/.
 """
 import os
-import sys
 
-import torch
 from detectron2.data import build_detection_test_loader
 from detectron2.engine import default_argument_parser
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import dimaskdino.data  # noqa: E402,F401  (registers the datasets)
-import dimaskdino.modeling  # noqa: E402,F401  (registers the model)
-from dimaskdino.data import check_config_datasets  # noqa: E402
-from dimaskdino.evaluation.layerwise import (  # noqa: E402
+import dimaskdino.data  # noqa: F401  (registers the datasets)
+import dimaskdino.modeling  # noqa: F401  (registers the model)
+from dimaskdino.data import check_config_datasets
+from dimaskdino.engine.devices import check_device
+from dimaskdino.evaluation.layerwise import (
     build_stage_evaluators,
     format_table,
     layerwise_inference,
@@ -33,8 +31,8 @@ from dimaskdino.evaluation.layerwise import (  # noqa: E402
     plot_layerwise_ap,
     write_json,
 )
-from dimaskdino.utils.config_files import load_yaml_config  # noqa: E402
-from dimaskdino.utils.weights import load_weights  # noqa: E402
+from dimaskdino.utils.config_files import load_yaml_config
+from dimaskdino.utils.weights import load_weights
 
 
 def parse_args(argv=None):
@@ -50,8 +48,7 @@ def main(args):
     cfg.freeze()
     setup_logger(name="dimaskdino")
     setup_logger(name="detectron2")
-    if str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"MODEL.DEVICE is '{cfg.MODEL.DEVICE}' but no CUDA device is visible; set it to 'cpu'.")
+    check_device(cfg.MODEL.DEVICE, "MODEL.DEVICE")
     if not cfg.DATASETS.TEST:
         raise ValueError("DATASETS.TEST is empty: name the dataset to evaluate, e.g. DATASETS.TEST \"('x',)\"")
     dataset_name = cfg.DATASETS.TEST[0]

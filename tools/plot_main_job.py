@@ -9,15 +9,13 @@ ground truth below), both written into the run's output folder.
 import argparse
 import logging
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import dimaskdino.data  # noqa: E402,F401  (registers the datasets)
-import dimaskdino.modeling  # noqa: E402,F401  (registers the model)
-from detectron2.data import DatasetCatalog  # noqa: E402
+import dimaskdino.data  # noqa: F401  (registers the datasets)
+import dimaskdino.modeling  # noqa: F401  (registers the model)
+from detectron2.data import DatasetCatalog
 
-from dimaskdino.utils.visualize import Predictor, plot_loss_curves, prediction_grid  # noqa: E402
+from dimaskdino.utils.visualize import Predictor, plot_loss_curves, prediction_grid
 
 
 def main(argv=None):

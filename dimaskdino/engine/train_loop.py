@@ -1,10 +1,12 @@
-"""detectron2's inner training loops with a per-term check that every loss is finite."""
+"""A per-term check that every loss is finite, hooked onto the model of detectron2's training loops."""
+import weakref
 from typing import Mapping
 
 import torch
-from detectron2.engine import AMPTrainer, SimpleTrainer
+from detectron2.engine import TrainerBase
+from torch import nn
 
-__all__ = ["check_losses_finite", "FiniteLossSimpleTrainer", "FiniteLossAMPTrainer"]
+__all__ = ["add_finite_loss_check", "check_losses_finite"]
 
 
 def check_losses_finite(loss_dict: Mapping[str, torch.Tensor], iteration: int) -> None:
@@ -23,20 +25,21 @@ def check_losses_finite(loss_dict: Mapping[str, torch.Tensor], iteration: int) -
     )
 
 
-class _FiniteLossCheck:
-    """Checks the losses after the backward pass and before the optimizer step, on every worker.
+def add_finite_loss_check(trainer: TrainerBase, model: nn.Module):
+    """Stop training at the first non-finite loss term, naming it and ``trainer.iter``.
 
-    It hooks into ``_write_metrics``, which detectron2's loops call exactly there.
+    A forward hook on ``model``: in training mode its loss dict is checked right after the forward
+    pass, before the backward pass and the optimizer step, on every worker. detectron2's inner loops
+    (SimpleTrainer, AMPTrainer) are used unchanged.
+
+    Returns:
+        the hook's handle (``.remove()`` undoes it)
     """
+    trainer_ref = weakref.ref(trainer)
 
-    def _write_metrics(self, loss_dict, data_time, *args, **kwargs):
-        check_losses_finite(loss_dict, self.iter)
-        super()._write_metrics(loss_dict, data_time, *args, **kwargs)
+    def check(module, inputs, output):
+        if module.training and isinstance(output, Mapping):
+            owner = trainer_ref()
+            check_losses_finite(output, owner.iter if owner is not None else -1)
 
-
-class FiniteLossSimpleTrainer(_FiniteLossCheck, SimpleTrainer):
-    """detectron2's SimpleTrainer that stops on the first non-finite loss term."""
-
-
-class FiniteLossAMPTrainer(_FiniteLossCheck, AMPTrainer):
-    """detectron2's AMPTrainer (mixed precision) that stops on the first non-finite loss term."""
+    return model.register_forward_hook(check)

@@ -1,65 +1,44 @@
 """``DIMaskDINOTrainer``: detectron2's DefaultTrainer with the authors' optimizer, schedule and
 dataset mappers, mixed precision via SOLVER.AMP.ENABLED and a stop on non-finite losses."""
-import logging
 import os
 import weakref
 
 from detectron2.data import build_detection_train_loader
-from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model
+from detectron2.engine import DefaultTrainer
 from detectron2.projects.deeplab import build_lr_scheduler
-from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import DIMaskDINOCheckpointer
 from ..data.mappers import build_train_mapper
-from .optimizer import build_optimizer
-from .train_loop import FiniteLossAMPTrainer, FiniteLossSimpleTrainer
+from .devices import check_device
+from .optimizer import build_optimizer_from_cfg
+from .train_loop import add_finite_loss_check
 
 __all__ = ["DIMaskDINOTrainer"]
-
-
-def check_amp_device(cfg) -> None:
-    if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
-        raise ValueError(
-            f"SOLVER.AMP.ENABLED=True needs a CUDA device, but MODEL.DEVICE={cfg.MODEL.DEVICE!r}; "
-            "set SOLVER.AMP.ENABLED False to train on the CPU"
-        )
 
 
 class DIMaskDINOTrainer(DefaultTrainer):
     """The trainer train_net.py uses.
 
-    Same construction as ``DefaultTrainer``, except that the inner loop checks every loss term
-    for NaN/inf before each optimizer step (and names the term and iteration when it stops), that
-    checkpoints hold the optimizer state, and that MODEL.WEIGHTS may be one of the authors'
-    published checkpoints (renamed by ``dimaskdino.checkpoint``).
+    Built by ``DefaultTrainer`` itself (its classmethods below choose the optimizer, schedule and
+    data); on top of it, every loss term is checked for NaN/inf before the backward pass (naming the
+    term and iteration when it stops), checkpoints hold the optimizer state, and MODEL.WEIGHTS may be
+    one of the authors' published checkpoints (renamed by ``dimaskdino.checkpoint``).
     """
 
     def __init__(self, cfg):
-        # DefaultTrainer.__init__ hard-codes its inner loop classes; this mirrors it with ours.
-        TrainerBase.__init__(self)
-        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        check_amp_device(cfg)
+        check_device(cfg.MODEL.DEVICE, "MODEL.DEVICE", amp=cfg.SOLVER.AMP.ENABLED, amp_key="SOLVER.AMP.ENABLED")
+        super().__init__(cfg)
+        add_finite_loss_check(self, self.model)
 
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        model = create_ddp_model(model, broadcast_buffers=False)
-        loop_type = FiniteLossAMPTrainer if cfg.SOLVER.AMP.ENABLED else FiniteLossSimpleTrainer
-        self._trainer = loop_type(model, data_loader, optimizer)
-
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        # Reads the authors' published weights too; non-strict so that a checkpoint trained on
-        # another class set can initialise fine-tuning (mismatched heads are skipped with a warning).
+    def build_hooks(self):
+        """DefaultTrainer's hooks, with our checkpointer: it reads the authors' published weights too,
+        non-strict so that a checkpoint trained on another class set can initialise fine-tuning
+        (mismatched heads are skipped with a warning). DefaultTrainer calls this at the end of its
+        construction, before anything is loaded or saved."""
         self.checkpointer = DIMaskDINOCheckpointer(
-            model, cfg.OUTPUT_DIR, strict=False, trainer=weakref.proxy(self)
+            self.model, self.cfg.OUTPUT_DIR, strict=False, trainer=weakref.proxy(self)
         )
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+        return super().build_hooks()
 
     def state_dict(self):
         """Checkpointed trainer state, including the optimizer (and AMP grad scaler) state, which
@@ -75,7 +54,7 @@ class DIMaskDINOTrainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        return build_optimizer(cfg, model)
+        return build_optimizer_from_cfg(cfg, model)
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):

@@ -3,20 +3,13 @@ Loading the two kinds of config file the tools accept: detectron2 yaml configs (
 ``_BASE_`` inheritance and ``KEY VALUE`` overrides) and Python LazyConfig files (``key=value``
 overrides). Errors name the file or key at fault.
 """
-import logging
 import os
 from typing import Sequence
 
-import torch
 from detectron2.config import CfgNode, LazyConfig, get_cfg
-from detectron2.utils import comm
-from detectron2.utils.env import seed_all_rng
-from detectron2.utils.file_io import PathManager
-from detectron2.utils.logger import setup_logger
 from omegaconf import OmegaConf
-from tabulate import tabulate
 
-__all__ = ["is_lazy_config", "load_config", "load_lazy_config", "load_yaml_config", "setup_run"]
+__all__ = ["is_lazy_config", "load_config", "load_lazy_config", "load_yaml_config"]
 
 _MISSING = object()
 
@@ -71,51 +64,3 @@ def load_lazy_config(path: str, opts: Sequence[str] = ()):
 def load_config(path: str, opts: Sequence[str] = ()):
     """A yacs CfgNode for .yaml files, an omegaconf DictConfig for .py LazyConfig files."""
     return load_lazy_config(path, opts) if is_lazy_config(path) else load_yaml_config(path, opts)
-
-
-def _get(cfg, yacs_key: str, lazy_key: str, default=None):
-    if isinstance(cfg, CfgNode):
-        node = cfg
-        for part in yacs_key.split("."):
-            if part not in node:
-                return default
-            node = node[part]
-        return node
-    return OmegaConf.select(cfg, lazy_key, default=default)
-
-
-def setup_run(cfg, args) -> logging.Logger:
-    """
-    detectron2's ``default_setup`` for both config kinds, with dimaskdino's environment report
-    (detectron2's own needs compiled ops that a detectron2 without ``_C`` lacks): output folder,
-    loggers (console + ``log.txt``), environment / arguments / config in the log, the full config
-    saved as ``config.yaml``, seeds (SEED / train.seed, per rank) and cudnn benchmarking.
-    """
-    from ..collect_env import collect_env_info
-
-    output_dir = _get(cfg, "OUTPUT_DIR", "train.output_dir")
-    rank = comm.get_rank()
-    if comm.is_main_process() and output_dir:
-        PathManager.mkdirs(output_dir)
-    for name in ("fvcore", "detectron2", "dimaskdino"):
-        logger = setup_logger(output_dir, distributed_rank=rank, name=name)
-    logger.info(f"Rank of current process: {rank}. World size: {comm.get_world_size()}")
-    logger.info("Environment info:\n" + tabulate(collect_env_info(), tablefmt="plain"))
-    logger.info(f"Command line arguments: {args}")
-    if getattr(args, "config_file", ""):
-        with PathManager.open(args.config_file, "r") as f:
-            logger.info(f"Contents of {args.config_file}:\n{f.read()}")
-    if comm.is_main_process() and output_dir:
-        path = os.path.join(output_dir, "config.yaml")
-        if isinstance(cfg, CfgNode):
-            logger.info(f"Running with full config:\n{cfg.dump()}")
-            with PathManager.open(path, "w") as f:
-                f.write(cfg.dump())
-        else:
-            LazyConfig.save(cfg, path)
-        logger.info(f"Full config saved to {path}")
-    seed = _get(cfg, "SEED", "train.seed", default=-1)
-    seed_all_rng(None if seed < 0 else seed + rank)
-    if not getattr(args, "eval_only", False):
-        torch.backends.cudnn.benchmark = bool(_get(cfg, "CUDNN_BENCHMARK", "train.cudnn_benchmark", default=False))
-    return logger

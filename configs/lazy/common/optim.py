@@ -1,11 +1,11 @@
 """AdamW of the authors' configs: lr 1e-4, weight decay 0.05 (none on norms), backbone lr x0.1,
-gradient norm of the whole model clipped to 0.01. Built by the yaml path's optimizer builder."""
+gradient norm of the whole model clipped to 0.01. The yaml path's optimizer, from plain arguments."""
 from detectron2.config import LazyCall as L
 
-from dimaskdino.utils.lazy_training import build_lazy_optimizer
+from dimaskdino.engine.optimizer import build_optimizer
 
-optimizer = L(build_lazy_optimizer)(
-    model=None,  # filled in by the training loop
+optimizer = L(build_optimizer)(
+    model=None,  # filled in by the runner
     optimizer="ADAMW",
     base_lr=1e-4,
     weight_decay=0.05,

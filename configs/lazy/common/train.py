@@ -1,4 +1,4 @@
-"""Run settings shared by the LazyConfig experiments (read by dimaskdino.utils.lazy_training)."""
+"""Run settings shared by the LazyConfig experiments (read by dimaskdino.engine.runner)."""
 train = dict(
     output_dir="./output",
     init_checkpoint="",

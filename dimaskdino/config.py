@@ -19,10 +19,14 @@ Keys kept for compatibility only (accepted, never read by the model): ``MODEL.Ma
 ``PANO_TEMPERATURE``, ``SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE`` (only instance inference is
 implemented) and the top-level ``Default_loading``.
 """
+import logging
+
 from detectron2.config import CfgNode as CN
 from detectron2.projects.deeplab import add_deeplab_config
 
-__all__ = ["add_dimaskdino_config"]
+__all__ = ["add_dimaskdino_config", "check_supported_inference", "check_supported_losses", "score_from_box_only"]
+
+logger = logging.getLogger(__name__)
 
 
 def _add_input_and_solver_keys(cfg):
@@ -93,7 +97,7 @@ def _add_transformer_keys(m):
 
 def _add_test_keys(m):
     m.TEST = CN()
-    m.TEST.TEST_FOUCUS_ON_BOX = False  # (sic) the authors' spelling; True: score = class score only
+    m.TEST.TEST_FOUCUS_ON_BOX = False  # (sic) read by score_from_box_only() below
     m.TEST.SEMANTIC_ON = True
     m.TEST.INSTANCE_ON = False
     m.TEST.PANOPTIC_ON = False
@@ -157,3 +161,39 @@ def add_dimaskdino_config(cfg):
     _add_swin_keys(cfg)
     # read by the authors' trainer only; accepted so that their merged configs load
     cfg.Default_loading = True
+
+
+# ------------------------------------------------------------------------------------------------
+# The authors' keys that are misspelt or name tasks this project does not implement are read here
+# only; the model modules get clear names.
+
+
+def score_from_box_only(cfg) -> bool:
+    """``MODEL.MaskDINO.TEST.TEST_FOUCUS_ON_BOX`` (the authors' spelling): score detections by class
+    score alone, without the mask-quality factor (``DIMaskDINO(focus_on_box=...)``)."""
+    return bool(cfg.MODEL.MaskDINO.TEST.TEST_FOUCUS_ON_BOX)
+
+
+def check_supported_inference(cfg) -> None:
+    """Only instance inference is implemented: warn when the semantic/panoptic switches ask for more."""
+    test = cfg.MODEL.MaskDINO.TEST
+    if test.SEMANTIC_ON or test.PANOPTIC_ON or not test.INSTANCE_ON:
+        logger.warning(
+            "only instance inference is implemented; MODEL.MaskDINO.TEST.SEMANTIC_ON/PANOPTIC_ON/INSTANCE_ON "
+            "are ignored"
+        )
+
+
+def check_supported_losses(cfg) -> None:
+    """Reject the authors' panoptic/semantic loss switches (this project trains instance segmentation)."""
+    m = cfg.MODEL.MaskDINO
+    if m.PANO_BOX_LOSS:
+        raise ValueError(
+            "MODEL.MaskDINO.PANO_BOX_LOSS=True is the authors' panoptic box loss; this project "
+            "trains instance segmentation only, set it to False"
+        )
+    if m.SEMANTIC_CE_LOSS and m.TEST.SEMANTIC_ON and not m.TEST.PANOPTIC_ON:
+        raise ValueError(
+            "MODEL.MaskDINO.SEMANTIC_CE_LOSS=True (softmax classification for semantic "
+            "segmentation) is not supported; this project uses the focal loss, set it to False"
+        )

@@ -123,3 +123,18 @@ def test_unknown_key_is_rejected(tmp_path):
     bad.write_text("MODEL:\n  MaskDINO:\n    NOT_A_KEY: 1\n")
     with pytest.raises(KeyError, match="NOT_A_KEY"):
         new_cfg().merge_from_file(str(bad))
+
+
+def test_misspelt_authors_key_is_read_in_config_only():
+    """TEST_FOUCUS_ON_BOX (sic) reaches the model as focus_on_box, through dimaskdino.config."""
+    import pathlib
+
+    from dimaskdino.config import score_from_box_only
+
+    cfg = get_cfg()
+    add_dimaskdino_config(cfg)
+    cfg.MODEL.MaskDINO.TEST.TEST_FOUCUS_ON_BOX = True
+    assert score_from_box_only(cfg) is True
+    package = pathlib.Path(__file__).resolve().parents[1] / "dimaskdino"
+    readers = [p.relative_to(package).as_posix() for p in package.rglob("*.py") if "FOUCUS" in p.read_text()]
+    assert readers == ["config.py"]

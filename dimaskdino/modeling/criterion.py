@@ -42,6 +42,7 @@ from detectron2.utils.comm import get_world_size
 from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou_loss
 
+from ..config import check_supported_losses
 from .denoising import DenoisingOutput
 from .matcher import HungarianMatcher
 from .outputs import PredictorOutput, StagePrediction
@@ -209,17 +210,8 @@ class DIMaskDINOCriterion(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
+        check_supported_losses(cfg)
         mcfg = cfg.MODEL.MaskDINO
-        if mcfg.PANO_BOX_LOSS:
-            raise ValueError(
-                "MODEL.MaskDINO.PANO_BOX_LOSS=True is the authors' panoptic box loss; this project "
-                "trains instance segmentation only, set it to False"
-            )
-        if mcfg.SEMANTIC_CE_LOSS and mcfg.TEST.SEMANTIC_ON and not mcfg.TEST.PANOPTIC_ON:
-            raise ValueError(
-                "MODEL.MaskDINO.SEMANTIC_CE_LOSS=True (softmax classification for semantic "
-                "segmentation) is not supported; this project uses the focal loss, set it to False"
-            )
         matcher = HungarianMatcher(
             cost_class=mcfg.COST_CLASS_WEIGHT,
             cost_box=mcfg.COST_BOX_WEIGHT,

@@ -4,7 +4,6 @@ Registered in detectron2's ``META_ARCH_REGISTRY`` as "DIMaskDINO" and, for the a
 "MaskDINO". Training returns the criterion's (already weighted) loss dict; inference returns, per
 image, ``{"instances": Instances}`` in the requested output size.
 """
-import logging
 from typing import Dict, List, Tuple
 
 import torch
@@ -15,14 +14,13 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_se
 from detectron2.modeling.backbone import Backbone
 from detectron2.structures import BitMasks, ImageList, Instances, PolygonMasks
 
+from ..config import check_supported_inference, score_from_box_only
 from ..layers.box_ops import box_xyxy_to_cxcywh
 from .criterion import build_criterion
 from .outputs import StagePrediction
 from .postprocess import postprocess_prediction
 
 __all__ = ["DIMaskDINO", "same_padded_size_groups"]
-
-logger = logging.getLogger(__name__)
 
 
 @META_ARCH_REGISTRY.register()
@@ -67,12 +65,7 @@ class DIMaskDINO(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
-        test = cfg.MODEL.MaskDINO.TEST
-        if test.SEMANTIC_ON or test.PANOPTIC_ON or not test.INSTANCE_ON:
-            logger.warning(
-                "only instance inference is implemented; MODEL.MaskDINO.TEST.SEMANTIC_ON/PANOPTIC_ON/INSTANCE_ON "
-                "are ignored"
-            )
+        check_supported_inference(cfg)
         backbone = build_backbone(cfg)
         return {
             "backbone": backbone,
@@ -82,7 +75,7 @@ class DIMaskDINO(nn.Module):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
-            "focus_on_box": test.TEST_FOUCUS_ON_BOX,
+            "focus_on_box": score_from_box_only(cfg),
         }
 
     @property

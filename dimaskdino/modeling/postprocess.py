@@ -80,7 +80,7 @@ def instance_inference(
         padded_size: (H_pad, W_pad) of the network input; image_size: (H_img, W_img) before padding
         output_size: (height, width) of the returned instances
         max_detections: k of the top-k over (query, class) pairs
-        score_from_box_only: score = class score alone (config key ``MODEL.MaskDINO.TEST.FOCUS_ON_BOX``)
+        score_from_box_only: score = class score alone (``dimaskdino.config.score_from_box_only``)
     Returns:
         Instances of size ``output_size`` with pred_masks (N, height, width) float 0/1, pred_boxes
         (xyxy), scores and pred_classes, N = min(max_detections, Q * K), in top-k order.

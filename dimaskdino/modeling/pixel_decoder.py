@@ -104,6 +104,39 @@ class DeformableTransformerEncoder(nn.Module):
         return tokens, spatial_shapes, level_start_index
 
 
+def _check_arguments(input_shape, transformer_in_features, conv_dim: int, feature_order: str) -> None:
+    if feature_order not in ("low2high", "high2low"):
+        raise ValueError(f"MODEL.SEM_SEG_HEAD.FEATURE_ORDER must be 'low2high' or 'high2low', got {feature_order!r}")
+    if conv_dim % 32 != 0:
+        raise ValueError(f"MODEL.SEM_SEG_HEAD.CONVS_DIM must be a multiple of 32 (GroupNorm(32)), got {conv_dim}")
+    missing = [f for f in transformer_in_features if f not in input_shape]
+    if missing:
+        raise ValueError(
+            f"DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES {missing} are not among the backbone features "
+            f"{sorted(input_shape)}"
+        )
+
+
+def _input_projections(projected_channels: List[int], num_extra: int, conv_dim: int) -> nn.ModuleList:
+    """1x1 conv + GroupNorm per encoder input feature, then ``num_extra`` stride-2 3x3 convs + GroupNorm
+    for the extra levels (the first from the widest input)."""
+    projections = [
+        nn.Sequential(nn.Conv2d(c, conv_dim, kernel_size=1), nn.GroupNorm(32, conv_dim)) for c in projected_channels
+    ]
+    in_channels = max(projected_channels)
+    for _ in range(num_extra):
+        projections.append(
+            nn.Sequential(
+                nn.Conv2d(in_channels, conv_dim, kernel_size=3, stride=2, padding=1), nn.GroupNorm(32, conv_dim)
+            )
+        )
+        in_channels = conv_dim
+    for proj in projections:
+        nn.init.xavier_uniform_(proj[0].weight, gain=1)
+        nn.init.constant_(proj[0].bias, 0)
+    return nn.ModuleList(projections)
+
+
 @SEM_SEG_HEADS_REGISTRY.register()
 class MaskDINOEncoder(nn.Module):
     """Multi-scale deformable encoder and mask-feature branch (registered as in the authors' code).
@@ -111,6 +144,17 @@ class MaskDINOEncoder(nn.Module):
     ``feature_order`` 'low2high' (the published configs) orders the encoder levels by increasing
     stride (8, 16, 32, 64); 'high2low' by decreasing stride. The output ``multi_scale_features``
     keep this order.
+
+    Args:
+        input_shape: backbone features used (res2..res5), name -> ShapeSpec
+        transformer_*: encoder depth, heads, FFN width, dropout and sampling points per level
+        conv_dim: channels of the encoder and of the multi-scale outputs (= decoder hidden dim)
+        mask_dim: channels of the mask features
+        norm: normalisation of the mask-branch convolutions ("GN" in the published configs)
+        transformer_in_features: backbone features fed to the encoder (res3..res5)
+        common_stride: stride of the mask features (4)
+        total_num_feature_levels: encoder levels including the extra downsampled ones (4)
+        feature_order: 'low2high' or 'high2low', see the class docstring
     """
 
     @configurable
@@ -131,29 +175,8 @@ class MaskDINOEncoder(nn.Module):
         total_num_feature_levels: int,
         feature_order: str,
     ):
-        """
-        Args:
-            input_shape: backbone features used (res2..res5), name -> ShapeSpec
-            transformer_*: encoder depth, heads, FFN width, dropout and sampling points per level
-            conv_dim: channels of the encoder and of the multi-scale outputs (= decoder hidden dim)
-            mask_dim: channels of the mask features
-            norm: normalisation of the mask-branch convolutions ("GN" in the published configs)
-            transformer_in_features: backbone features fed to the encoder (res3..res5)
-            common_stride: stride of the mask features (4)
-            total_num_feature_levels: encoder levels including the extra downsampled ones (4)
-            feature_order: 'low2high' or 'high2low', see the class docstring
-        """
         super().__init__()
-        if feature_order not in ("low2high", "high2low"):
-            raise ValueError(f"MODEL.SEM_SEG_HEAD.FEATURE_ORDER must be 'low2high' or 'high2low', got {feature_order!r}")
-        if conv_dim % 32 != 0:
-            raise ValueError(f"MODEL.SEM_SEG_HEAD.CONVS_DIM must be a multiple of 32 (GroupNorm(32)), got {conv_dim}")
-        missing = [f for f in transformer_in_features if f not in input_shape]
-        if missing:
-            raise ValueError(
-                f"DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES {missing} are not among the backbone features "
-                f"{sorted(input_shape)}"
-            )
+        _check_arguments(input_shape, transformer_in_features, conv_dim, feature_order)
         self.feature_order = feature_order
         self.conv_dim = conv_dim
         by_stride = sorted(input_shape.items(), key=lambda kv: kv[1].stride)
@@ -175,29 +198,11 @@ class MaskDINOEncoder(nn.Module):
         # the extra levels start from the widest (coarsest) backbone feature
         self.extra_source = self.projected_features[projected_channels.index(max(projected_channels))]
 
-        projections = [
-            nn.Sequential(nn.Conv2d(c, conv_dim, kernel_size=1), nn.GroupNorm(32, conv_dim)) for c in projected_channels
-        ]
-        in_channels = max(projected_channels)
-        for _ in range(num_extra):
-            projections.append(
-                nn.Sequential(
-                    nn.Conv2d(in_channels, conv_dim, kernel_size=3, stride=2, padding=1), nn.GroupNorm(32, conv_dim)
-                )
-            )
-            in_channels = conv_dim
-        self.input_proj = nn.ModuleList(projections)
-        for proj in self.input_proj:
-            nn.init.xavier_uniform_(proj[0].weight, gain=1)
-            nn.init.constant_(proj[0].bias, 0)
+        self.input_proj = _input_projections(projected_channels, num_extra, conv_dim)
 
         self.encoder = DeformableTransformerEncoder(
-            d_model=conv_dim,
-            n_heads=transformer_nheads,
-            num_layers=transformer_enc_layers,
-            d_ffn=transformer_dim_feedforward,
-            dropout=transformer_dropout,
-            n_levels=total_num_feature_levels,
+            d_model=conv_dim, n_heads=transformer_nheads, num_layers=transformer_enc_layers,
+            d_ffn=transformer_dim_feedforward, dropout=transformer_dropout, n_levels=total_num_feature_levels,
             n_points=transformer_n_points,
         )
 
@@ -207,8 +212,14 @@ class MaskDINOEncoder(nn.Module):
 
         min_stride = min(input_shape[k].stride for k in self.projected_features)
         self.num_fpn_levels = max(int(math.log2(min_stride) - math.log2(common_stride)), 1)
-        use_bias = norm == ""
         self.fpn_features = self.in_features[: self.num_fpn_levels][::-1]  # coarse to fine
+        self._add_fpn_convs(input_shape, conv_dim, norm)
+        # which encoder output feeds the FPN: the finest encoder level
+        self.high_resolution_index = 0 if feature_order == "low2high" else -1
+
+    def _add_fpn_convs(self, input_shape: Dict[str, ShapeSpec], conv_dim: int, norm: str) -> None:
+        """``adapter_i`` (1x1 lateral) and ``layer_i`` (3x3 output) of each FPN level, finest first."""
+        use_bias = norm == ""
         for idx, name in enumerate(self.in_features[: self.num_fpn_levels]):
             lateral = Conv2d(input_shape[name].channels, conv_dim, kernel_size=1, bias=use_bias,
                              norm=get_norm(norm, conv_dim))
@@ -218,8 +229,6 @@ class MaskDINOEncoder(nn.Module):
             weight_init.c2_xavier_fill(output)
             self.add_module(f"adapter_{idx + 1}", lateral)
             self.add_module(f"layer_{idx + 1}", output)
-        # which encoder output feeds the FPN: the finest encoder level
-        self.high_resolution_index = 0 if feature_order == "low2high" else -1
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):

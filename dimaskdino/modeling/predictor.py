@@ -47,9 +47,40 @@ def build_transformer_decoder(cfg) -> nn.Module:
 _BOX_INITIALIZERS = {"mask2box": masks_to_boxes, "bitmask": masks_to_boxes_exclusive}
 
 
+def _check_arguments(hidden_dim, mask_dim, nheads, initial_pred, initialize_box_type, dn, bato_enabled) -> None:
+    if initialize_box_type not in ("no", "mask2box", "bitmask"):
+        raise ValueError(
+            f"MODEL.MaskDINO.INITIALIZE_BOX_TYPE must be 'no', 'mask2box' or 'bitmask', got {initialize_box_type!r}"
+        )
+    if initialize_box_type != "no" and not initial_pred:
+        raise ValueError("MODEL.MaskDINO.INITIALIZE_BOX_TYPE needs MODEL.MaskDINO.INITIAL_PRED = True")
+    if dn not in ("no", "standard", "seg"):
+        raise ValueError(f"MODEL.MaskDINO.DN must be 'no', 'standard' or 'seg', got {dn!r}")
+    if hidden_dim % nheads != 0:
+        raise ValueError(f"MODEL.MaskDINO.HIDDEN_DIM ({hidden_dim}) must be divisible by NHEADS ({nheads})")
+    if bato_enabled and mask_dim != hidden_dim:
+        raise ValueError(
+            f"BATO needs MODEL.SEM_SEG_HEAD.MASK_DIM ({mask_dim}) == MODEL.MaskDINO.HIDDEN_DIM ({hidden_dim})"
+        )
+
+
 @TRANSFORMER_DECODER_REGISTRY.register()
 class DIMaskDINOPredictor(nn.Module):
-    """From multi-scale features and mask features to class logits, boxes and masks per query."""
+    """From multi-scale features and mask features to class logits, boxes and masks per query.
+
+    Args:
+        num_classes: K; hidden_dim: C; mask_dim: channels of the mask features and embeddings
+        num_queries: decoder queries (NUM_OBJECT_QUERIES)
+        first_selected_queries: tokens kept by the first selection when DI is on
+        num_guiding_tokens: BATO's guiding tokens
+        nheads, dim_feedforward, dropout: attention heads, FFN width and dropout of every layer
+        dec_layers, ti_layers: decoder and token-interaction layers
+        num_feature_levels: L; dec_n_points: sampling points per level and head
+        initial_pred: predict (and supervise) before the first decoder layer
+        initialize_box_type: "no", "mask2box" or "bitmask": initial boxes from the selection's masks
+        dn: "no", "standard" or "seg" denoising training; dn_noise_scale, dn_num: its noise and size
+        di_enabled, bato_enabled: the DI module and BATO
+    """
 
     @configurable
     def __init__(
@@ -76,35 +107,8 @@ class DIMaskDINOPredictor(nn.Module):
         di_enabled: bool = True,
         bato_enabled: bool = True,
     ):
-        """
-        Args:
-            num_classes: K; hidden_dim: C; mask_dim: channels of the mask features and embeddings
-            num_queries: decoder queries (NUM_OBJECT_QUERIES)
-            first_selected_queries: tokens kept by the first selection when DI is on
-            num_guiding_tokens: BATO's guiding tokens
-            nheads, dim_feedforward, dropout: attention heads, FFN width and dropout of every layer
-            dec_layers, ti_layers: decoder and token-interaction layers
-            num_feature_levels: L; dec_n_points: sampling points per level and head
-            initial_pred: predict (and supervise) before the first decoder layer
-            initialize_box_type: "no", "mask2box" or "bitmask": initial boxes from the selection's masks
-            dn: "no", "standard" or "seg" denoising training; dn_noise_scale, dn_num: its noise and size
-            di_enabled, bato_enabled: the DI module and BATO
-        """
         super().__init__()
-        if initialize_box_type not in ("no", "mask2box", "bitmask"):
-            raise ValueError(
-                f"MODEL.MaskDINO.INITIALIZE_BOX_TYPE must be 'no', 'mask2box' or 'bitmask', got {initialize_box_type!r}"
-            )
-        if initialize_box_type != "no" and not initial_pred:
-            raise ValueError("MODEL.MaskDINO.INITIALIZE_BOX_TYPE needs MODEL.MaskDINO.INITIAL_PRED = True")
-        if dn not in ("no", "standard", "seg"):
-            raise ValueError(f"MODEL.MaskDINO.DN must be 'no', 'standard' or 'seg', got {dn!r}")
-        if hidden_dim % nheads != 0:
-            raise ValueError(f"MODEL.MaskDINO.HIDDEN_DIM ({hidden_dim}) must be divisible by NHEADS ({nheads})")
-        if bato_enabled and mask_dim != hidden_dim:
-            raise ValueError(
-                f"BATO needs MODEL.SEM_SEG_HEAD.MASK_DIM ({mask_dim}) == MODEL.MaskDINO.HIDDEN_DIM ({hidden_dim})"
-            )
+        _check_arguments(hidden_dim, mask_dim, nheads, initial_pred, initialize_box_type, dn, bato_enabled)
         self.num_classes = num_classes
         self.hidden_dim = hidden_dim
         self.num_queries = num_queries

@@ -12,7 +12,7 @@ from typing import List
 from detectron2.config import configurable
 from detectron2.data import transforms as T
 
-from .instance_targets import instances_from_annotations, read_and_augment
+from .instance_targets import attach_instances, read_and_augment
 
 __all__ = ["COCOInstanceLSJDatasetMapper", "build_lsj_augmentation"]
 
@@ -79,12 +79,4 @@ class COCOInstanceLSJDatasetMapper:
     def __call__(self, dataset_dict: dict) -> dict:
         dataset_dict = copy.deepcopy(dataset_dict)
         transforms = read_and_augment(dataset_dict, self.augmentations, self.image_format)
-        if "annotations" in dataset_dict:
-            dataset_dict["instances"] = instances_from_annotations(
-                dataset_dict.pop("annotations"),
-                transforms,
-                tuple(dataset_dict["image"].shape[1:]),
-                boxes_from_masks=True,
-                file_name=dataset_dict["file_name"],
-            )
-        return dataset_dict
+        return attach_instances(dataset_dict, transforms, boxes_from_masks=True)

@@ -14,7 +14,7 @@ from detectron2.config import configurable
 from detectron2.data import transforms as T
 
 from .coco_instance_lsj import build_flip
-from .instance_targets import instances_from_annotations, read_and_augment
+from .instance_targets import attach_instances, read_and_augment
 
 __all__ = ["DETRInstanceDatasetMapper", "build_detr_augmentation"]
 
@@ -75,12 +75,4 @@ class DETRInstanceDatasetMapper:
         if not self.is_train:
             dataset_dict.pop("annotations", None)
             return dataset_dict
-        if "annotations" in dataset_dict:
-            dataset_dict["instances"] = instances_from_annotations(
-                dataset_dict.pop("annotations"),
-                transforms,
-                tuple(dataset_dict["image"].shape[1:]),
-                boxes_from_masks=False,
-                file_name=dataset_dict["file_name"],
-            )
-        return dataset_dict
+        return attach_instances(dataset_dict, transforms, boxes_from_masks=False)

@@ -7,7 +7,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Instances, PolygonMasks
 
-__all__ = ["instances_from_annotations", "read_and_augment"]
+__all__ = ["attach_instances", "instances_from_annotations", "read_and_augment"]
 
 
 def read_and_augment(dataset_dict: dict, augmentations: T.AugmentationList, image_format: str):
@@ -70,3 +70,17 @@ def instances_from_annotations(
     if isinstance(instances.gt_masks, PolygonMasks):
         instances.gt_masks = BitMasks.from_polygon_masks(instances.gt_masks, *image_shape)
     return instances
+
+
+def attach_instances(dataset_dict: dict, transforms: T.TransformList, boxes_from_masks: bool) -> dict:
+    """Replace the "annotations" of a mapped ``dataset_dict`` (its "image" already stored) by
+    training "instances" (in place; nothing to do without annotations). Returns ``dataset_dict``."""
+    if "annotations" in dataset_dict:
+        dataset_dict["instances"] = instances_from_annotations(
+            dataset_dict.pop("annotations"),
+            transforms,
+            tuple(dataset_dict["image"].shape[1:]),
+            boxes_from_masks=boxes_from_masks,
+            file_name=dataset_dict["file_name"],
+        )
+    return dataset_dict

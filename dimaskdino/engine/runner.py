@@ -140,27 +140,32 @@ class LazyRun:
         pass  # LazyConfig files have no expected results
 
     def train(self, resume: bool):
-        train = self.cfg.train
+        """detectron2's SimpleTrainer (AMPTrainer with train.amp.enabled) with the finite-loss check,
+        our checkpointer and the hooks below, from iteration 0 or the one after the last checkpoint."""
         model = self.build_model()
         logger.info(f"Model:\n{model}")
         optimizer = self.build_optimizer(model)
-        model = create_ddp_model(model, **train.ddp)
+        model = create_ddp_model(model, **self.cfg.train.ddp)
         trainer = (AMPTrainer if self.amp else SimpleTrainer)(model, self.build_train_loader(), optimizer)
         add_finite_loss_check(trainer, model)
-        checkpointer = DIMaskDINOCheckpointer(model, train.output_dir, trainer=trainer)
-        main_process = comm.is_main_process()
-        trainer.register_hooks([
-            hooks.IterationTimer(),
-            hooks.LRScheduler(scheduler=instantiate(self.cfg.lr_multiplier)),
-            hooks.PeriodicCheckpointer(checkpointer, **train.checkpointer) if main_process else None,
-            hooks.EvalHook(train.eval_period, lambda: evaluate(self, model)),
-            hooks.PeriodicWriter(default_writers(train.output_dir, train.max_iter), period=train.log_period)
-            if main_process else None,
-        ])
+        checkpointer = DIMaskDINOCheckpointer(model, self.output_dir, trainer=trainer)
+        trainer.register_hooks(self._hooks(checkpointer, model))
         checkpointer.resume_or_load(self.weights, resume=resume)
         # a checkpoint stores the iteration that finished: continue with the next one
-        start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
-        trainer.train(start_iter, train.max_iter)
+        resumed = resume and checkpointer.has_checkpoint()
+        trainer.train(trainer.iter + 1 if resumed else 0, self.cfg.train.max_iter)
+
+    def _hooks(self, checkpointer, model) -> list:
+        """Timing and the learning-rate schedule on every worker; periodic checkpoints (before the
+        evaluation, so that a failing evaluation leaves one) and metric writers (last, to include the
+        evaluation) on the main process only."""
+        train = self.cfg.train
+        on_main = comm.is_main_process()
+        schedule = [hooks.IterationTimer(), hooks.LRScheduler(scheduler=instantiate(self.cfg.lr_multiplier))]
+        saving = [hooks.PeriodicCheckpointer(checkpointer, **train.checkpointer)] if on_main else []
+        evaluation = [hooks.EvalHook(train.eval_period, lambda: evaluate(self, model))]
+        writing = [hooks.PeriodicWriter(default_writers(self.output_dir, train.max_iter), period=train.log_period)]
+        return schedule + saving + evaluation + (writing if on_main else [])
 
 
 def load_run(path: str, opts: Sequence[str] = ()):

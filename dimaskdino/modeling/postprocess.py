@@ -63,6 +63,15 @@ def top_query_class_pairs(logits, max_detections: int):
     return top_scores, torch.div(top_index, num_classes, rounding_mode="floor"), top_index % num_classes
 
 
+def _pair_instances(scores, query_index, classes, boxes, padded_size, image_size, output_size) -> Instances:
+    """Instances of the kept (query, class) pairs: scores, classes and their queries' scaled boxes."""
+    result = Instances(tuple(output_size))
+    result.pred_boxes = Boxes(scale_boxes(boxes[query_index], padded_size, image_size, output_size))
+    result.scores = scores
+    result.pred_classes = classes
+    return result
+
+
 def instance_inference(
     logits,
     mask_logits,
@@ -92,11 +101,9 @@ def instance_inference(
     binary = (masks > 0).float()
     mask_scores = (masks.sigmoid().flatten(1) * binary.flatten(1)).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
 
-    result = Instances(tuple(output_size))
+    scores = top_scores if score_from_box_only else top_scores * mask_scores[inverse]
+    result = _pair_instances(scores, query_index, classes, boxes, padded_size, image_size, output_size)
     result.pred_masks = binary[inverse]
-    result.pred_boxes = Boxes(scale_boxes(boxes[query_index], padded_size, image_size, output_size))
-    result.scores = top_scores if score_from_box_only else top_scores * mask_scores[inverse]
-    result.pred_classes = classes
     return result
 
 
@@ -118,11 +125,7 @@ def box_instance_inference(
         Instances of size ``output_size`` with pred_boxes (xyxy), scores and pred_classes
     """
     top_scores, query_index, classes = top_query_class_pairs(logits, max_detections)
-    result = Instances(tuple(output_size))
-    result.pred_boxes = Boxes(scale_boxes(boxes[query_index], padded_size, image_size, output_size))
-    result.scores = top_scores
-    result.pred_classes = classes
-    return result
+    return _pair_instances(top_scores, query_index, classes, boxes, padded_size, image_size, output_size)
 
 
 def postprocess_prediction(

@@ -33,7 +33,7 @@ except ImportError as e:  # the op is not built: everything runs on the referenc
 else:
     _C_IMPORT_ERROR = None
 
-__all__ = ["ms_deform_attn", "ms_deform_attn_reference", "ms_deform_attn_backends", "MSDeformAttn"]
+__all__ = ["ms_deform_attn", "ms_deform_attn_reference", "ms_deform_attn_backends", "MSDeformAttn", "reset_deformable_transformer"]
 
 # dtypes each compiled kernel accepts for value.
 _KERNEL_DTYPES = {
@@ -368,3 +368,14 @@ class MSDeformAttn(nn.Module):
             locations, weights = _match_value_dtype(value, locations), _match_value_dtype(value, weights)
         output = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
         return self.output_proj(output)
+
+
+def reset_deformable_transformer(module: nn.Module) -> None:
+    """Xavier-uniform every matrix of ``module``, then give its MSDeformAttn layers their own
+    initialisation (sampling offsets on rings around the reference point)."""
+    for p in module.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
+    for m in module.modules():
+        if isinstance(m, MSDeformAttn):
+            m.reset_parameters()

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from detectron2.layers import Conv2d, get_norm
 
-from ..layers.post_norm import add_and_norm, feed_forward_and_norm
+from ..layers.post_norm import add_and_norm, add_feed_forward, feed_forward_and_norm
 from .decoder import DecoderMemory
 from .utils import gather_rows
 
@@ -49,11 +49,7 @@ class BalanceAwareTokenOptimization(nn.Module):
         self.multihead_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
         self.norm1 = nn.LayerNorm(d_model)
         self.dropout1 = nn.Dropout(dropout)
-        self.linear1 = nn.Linear(d_model, d_ffn)
-        self.dropout2 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(d_ffn, d_model)
-        self.dropout3 = nn.Dropout(dropout)
-        self.norm2 = nn.LayerNorm(d_model)
+        add_feed_forward(self, d_model, d_ffn, dropout)
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)

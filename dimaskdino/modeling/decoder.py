@@ -12,10 +12,10 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from ..layers import MSDeformAttn
+from ..layers.ms_deform_attn import MSDeformAttn, reset_deformable_transformer
 from ..layers.box_ops import inverse_sigmoid
 from ..layers.mlp import MLP
-from ..layers.post_norm import add_and_norm, feed_forward_and_norm
+from ..layers.post_norm import add_and_norm, add_feed_forward, feed_forward_and_norm
 from ..layers.position_encoding import box_sine_embedding
 from .utils import autocast_disabled
 
@@ -37,11 +37,7 @@ class DeformableDecoderLayer(nn.Module):
         self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
         self.dropout2 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, d_ffn)
-        self.dropout3 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(d_ffn, d_model)
-        self.dropout4 = nn.Dropout(dropout)
-        self.norm3 = nn.LayerNorm(d_model)
+        add_feed_forward(self, d_model, d_ffn, dropout, dropout_names=("dropout3", "dropout4"), norm_name="norm3")
 
     def forward(self, queries, query_pos, reference_boxes, memory, spatial_shapes, level_start_index,
                 self_attn_mask: Optional[torch.Tensor] = None):
@@ -106,12 +102,7 @@ class DeformableDecoder(nn.Module):
             DeformableDecoderLayer(d_model, d_ffn, dropout, n_levels, n_heads, n_points) for _ in range(num_layers)
         )
         self.ref_point_head = MLP(2 * d_model, d_model, d_model, 2)
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
-        for m in self.modules():
-            if isinstance(m, MSDeformAttn):
-                m.reset_parameters()
+        reset_deformable_transformer(self)
 
     @staticmethod
     def initial_state(queries, boxes_unsigmoid) -> DecoderState:

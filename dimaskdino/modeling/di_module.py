@@ -13,7 +13,7 @@ from torch import nn
 
 from ..layers.box_ops import inverse_sigmoid
 from ..layers.mlp import MLP
-from ..layers.post_norm import add_and_norm, feed_forward_and_norm
+from ..layers.post_norm import add_and_norm, add_feed_forward, feed_forward_and_norm
 from ..layers.position_encoding import box_sine_embedding
 from .utils import autocast_disabled, gather_rows
 
@@ -28,11 +28,7 @@ class TokenInteractionLayer(nn.Module):
         self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, d_ffn)
-        self.dropout2 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(d_ffn, d_model)
-        self.dropout3 = nn.Dropout(dropout)
-        self.norm2 = nn.LayerNorm(d_model)
+        add_feed_forward(self, d_model, d_ffn, dropout)
 
     def forward(self, tokens, query_pos):
         """tokens, query_pos: (B, K, C) -> (B, K, C)"""

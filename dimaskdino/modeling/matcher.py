@@ -70,14 +70,8 @@ def mask_bce_cost(point_logits: torch.Tensor, point_labels: torch.Tensor) -> tor
 
 
 def mask_dice_cost(point_logits: torch.Tensor, point_labels: torch.Tensor) -> torch.Tensor:
-    """Dice loss (with +1 smoothing) of every predicted mask against every target mask.
-
-    Args:
-        point_logits: (Q, P) mask logits at P points.
-        point_labels: (N, P) target mask values in [0, 1] at the same points.
-    Returns:
-        (Q, N) cost.
-    """
+    """Dice loss (with +1 smoothing) of every predicted mask against every target mask:
+    (Q, P) logits and (N, P) target values at the same points -> (Q, N), as :func:`mask_bce_cost`."""
     prob = point_logits.sigmoid()
     intersection = 2 * prob @ point_labels.T
     total = prob.sum(-1)[:, None] + point_labels.sum(-1)[None, :]

@@ -17,9 +17,9 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
-from ..layers import MSDeformAttn
+from ..layers.ms_deform_attn import MSDeformAttn, reset_deformable_transformer
 from ..layers.position_encoding import pixel_centres, pixel_sine_embedding
-from ..layers.post_norm import add_and_norm, feed_forward_and_norm
+from ..layers.post_norm import add_and_norm, add_feed_forward, feed_forward_and_norm
 from .utils import autocast_disabled, flatten_levels
 
 __all__ = ["MaskDINOEncoder", "DeformableEncoderLayer", "DeformableTransformerEncoder", "build_pixel_decoder"]
@@ -39,11 +39,7 @@ class DeformableEncoderLayer(nn.Module):
         self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, d_ffn)
-        self.dropout2 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(d_ffn, d_model)
-        self.dropout3 = nn.Dropout(dropout)
-        self.norm2 = nn.LayerNorm(d_model)
+        add_feed_forward(self, d_model, d_ffn, dropout)
 
     def forward(self, tokens, pos, reference_points, spatial_shapes, level_start_index):
         """
@@ -72,12 +68,7 @@ class DeformableTransformerEncoder(nn.Module):
         self._reset_parameters()
 
     def _reset_parameters(self):
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
-        for m in self.modules():
-            if isinstance(m, MSDeformAttn):
-                m.reset_parameters()
+        reset_deformable_transformer(self)
         nn.init.normal_(self.level_embed)
 
     @staticmethod

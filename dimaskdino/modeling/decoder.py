@@ -77,12 +77,14 @@ class DecoderState:
     input queries before the first); reference: (B, Q, 4) sigmoid boxes the next layer reads (the
     input boxes, then the last refined boxes detached); hidden_states: per layer run, (B, Q, C)
     outputs after the shared decoder norm; references: the input boxes, then each layer's refined
-    boxes (not detached)."""
+    boxes (not detached); query_pos: the next layer's positional queries once computed
+    (:meth:`DeformableDecoder.position_queries`), reused by that layer."""
 
     queries: torch.Tensor
     reference: torch.Tensor
     hidden_states: List[torch.Tensor] = field(default_factory=list)
     references: List[torch.Tensor] = field(default_factory=list)
+    query_pos: Optional[torch.Tensor] = None
 
     @property
     def next_layer(self) -> int:
@@ -111,8 +113,11 @@ class DeformableDecoder(nn.Module):
         return DecoderState(queries=queries, reference=reference, references=[reference])
 
     def position_queries(self, state: DecoderState):
-        """(B, Q, C) positional queries of the next layer: an MLP of the sine embedding of its boxes."""
-        return self.ref_point_head(box_sine_embedding(state.reference, self.d_model // 2))
+        """(B, Q, C) positional queries of the next layer: an MLP of the sine embedding of its boxes
+        (kept in ``state`` for that layer)."""
+        if state.query_pos is None:
+            state.query_pos = self.ref_point_head(box_sine_embedding(state.reference, self.d_model // 2))
+        return state.query_pos
 
     def forward(self, state: DecoderState, num_layers: int, memory: DecoderMemory, box_head: nn.Module,
                 norm: nn.Module, self_attn_mask: Optional[torch.Tensor] = None) -> DecoderState:
@@ -126,15 +131,12 @@ class DeformableDecoder(nn.Module):
         if state.next_layer + num_layers > len(self.layers):
             raise ValueError(f"decoder: layers {state.next_layer}..{state.next_layer + num_layers - 1} asked, "
                              f"it has {len(self.layers)}")
-        queries, reference = state.queries, state.reference
-        hidden_states, references = list(state.hidden_states), list(state.references)
         for layer in self.layers[state.next_layer:state.next_layer + num_layers]:
-            query_pos = self.ref_point_head(box_sine_embedding(reference, self.d_model // 2))
-            with autocast_disabled(queries.device):
-                queries = layer(queries, query_pos, reference, memory.tokens, memory.spatial_shapes,
+            query_pos = self.position_queries(state)
+            with autocast_disabled(state.queries.device):
+                queries = layer(state.queries, query_pos, state.reference, memory.tokens, memory.spatial_shapes,
                                 memory.level_start_index, self_attn_mask)
-            refined = (box_head(queries) + inverse_sigmoid(reference)).sigmoid()
-            reference = refined.detach()
-            references.append(refined)
-            hidden_states.append(norm(queries))
-        return DecoderState(queries, reference, hidden_states, references)
+            refined = (box_head(queries) + inverse_sigmoid(state.reference)).sigmoid()
+            state = DecoderState(queries, refined.detach(), state.hidden_states + [norm(queries)],
+                                 state.references + [refined])
+        return state

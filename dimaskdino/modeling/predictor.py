@@ -215,8 +215,9 @@ class DIMaskDINOPredictor(nn.Module):
         queries, boxes_unsigmoid, interm = self.first_selection(memory, mask_features, all_stages)
         queries, boxes_unsigmoid, ti = self.de_imbalance(queries, boxes_unsigmoid, all_stages)
         dn = self.denoising_queries(targets)
-        state = self.decoder.initial_state(*join_denoising(dn, queries, boxes_unsigmoid))
-        initial = self.initial_prediction(state, mask_features) if all_stages and self.initial_pred else []
+        queries, boxes_unsigmoid = join_denoising(dn, queries, boxes_unsigmoid)
+        initial = self.initial_prediction(queries, boxes_unsigmoid, mask_features) if all_stages else []
+        state = self.decoder.initial_state(queries, boxes_unsigmoid)
         state, layer_mask_features = self.decode(state, memory, mask_features, dn)
         stages = initial + self.layer_predictions(state, layer_mask_features, all_stages)
         stages, denoising = split_denoising(stages, dn)
@@ -277,10 +278,12 @@ class DIMaskDINOPredictor(nn.Module):
             raise ValueError("training with MODEL.MaskDINO.DN != 'no' needs targets")
         return self.denoising(targets, self.num_queries)
 
-    def initial_prediction(self, state: DecoderState, mask_features) -> List[StagePrediction]:
-        """The prediction before the first decoder layer (INITIAL_PRED)."""
-        logits, masks = self.predict(state.queries, mask_features)
-        return [StagePrediction(logits, state.reference, masks)]
+    def initial_prediction(self, queries, boxes_unsigmoid, mask_features) -> List[StagePrediction]:
+        """The prediction before the first decoder layer (none unless INITIAL_PRED)."""
+        if not self.initial_pred:
+            return []
+        logits, masks = self.predict(queries, mask_features)
+        return [StagePrediction(logits, boxes_unsigmoid.sigmoid(), masks)]
 
     def decode(self, state: DecoderState, memory: DecoderMemory, mask_features, dn: Optional[DenoisingQueries]):
         """The decoder layers before BATO, BATO (memory and mask features), then the remaining layers.

@@ -428,3 +428,21 @@ def test_prepare_targets_normalises_by_the_image_size():
     assert targets[0]["masks"].shape == (2, 128, 160)
     assert not targets[0]["masks"][:, 100:].any() and not targets[0]["masks"][:, :, 150:].any()
     assert targets[0]["labels"].tolist() == [1, 3]
+
+
+def test_denoising_join_and_split_by_hand():
+    """P = 4 denoising queries go first; splitting every stage gives back the two parts."""
+    from dimaskdino.modeling.denoising import DenoisingQueries, join_denoising, split_denoising
+    from dimaskdino.modeling.outputs import StagePrediction
+
+    dn = DenoisingQueries(content=torch.ones(1, 4, 3), boxes_unsigmoid=torch.full((1, 4, 4), 2.0),
+                          attn_mask=denoising_attention_mask(2, 2, 5), num_groups=2, single_pad=2, pad_size=4)
+    queries, boxes = join_denoising(dn, torch.zeros(1, 5, 3), torch.zeros(1, 5, 4))
+    assert queries.shape == (1, 9, 3) and queries[0, :4].eq(1).all() and queries[0, 4:].eq(0).all()
+    assert boxes[0, :4].eq(2).all() and boxes[0, 4:].eq(0).all()
+    stage = StagePrediction(torch.arange(9.0).view(1, 9, 1), torch.zeros(1, 9, 4), torch.zeros(1, 9, 2, 2))
+    matching, denoised = split_denoising([stage, stage], dn)
+    assert [m.logits.flatten().tolist() for m in matching] == [[4.0, 5.0, 6.0, 7.0, 8.0]] * 2
+    assert denoised.final.logits.flatten().tolist() == [0.0, 1.0, 2.0, 3.0] and len(denoised.aux) == 1
+    assert (denoised.num_groups, denoised.single_pad, denoised.pad_size) == (2, 2, 4)
+    assert split_denoising([stage], None) == ([stage], None)

@@ -16,6 +16,7 @@ the file's ``model``, ``optimizer``, ``dataloader``, ``lr_multiplier`` and ``tra
 import json
 import logging
 import os
+from functools import partial
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -73,13 +74,10 @@ class YamlRun:
         return DIMaskDINOTrainer.build_train_loader(self.cfg)
 
     def test_sets(self) -> List[TestSet]:
-        cfg = self.cfg
-        return [
-            (name, lambda name=name: DIMaskDINOTrainer.build_test_loader(cfg, name),
-             lambda name=name: DIMaskDINOTrainer.build_evaluator(cfg, name, os.path.join(cfg.OUTPUT_DIR, "inference",
-                                                                                         name)))
-            for name in cfg.DATASETS.TEST
-        ]
+        return [(name, partial(DIMaskDINOTrainer.build_test_loader, self.cfg, name),
+                 partial(DIMaskDINOTrainer.build_evaluator, self.cfg, name,
+                         os.path.join(self.output_dir, "inference", name)))
+                for name in self.cfg.DATASETS.TEST]
 
     def verify(self, results) -> None:
         verify_results(self.cfg, results)

@@ -26,6 +26,7 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import Instances
 from detectron2.utils.logger import log_every_n_seconds
 
+from ..modeling.outputs import stage_names
 from .coco import build_evaluator, fast_coco_eval_available
 
 __all__ = [
@@ -81,13 +82,9 @@ def _predictor(model):
 def model_stages(model) -> List[Stage]:
     """The stages of a built model, in pipeline order (the last one is the final output)."""
     predictor = _predictor(model)
-    stages = [Stage("interm", True)]
-    if predictor.di_module is not None:
-        stages += [Stage(f"ti{i + 1}", False) for i in range(len(predictor.di_module.layers))]
-    if predictor.initial_pred:
-        stages.append(Stage("initial", True))
-    stages += [Stage(f"dec{i + 1}", True) for i in range(len(predictor.decoder.layers))]
-    return stages
+    num_ti = 0 if predictor.di_module is None else len(predictor.di_module.layers)
+    names = stage_names(num_ti, predictor.initial_pred, len(predictor.decoder.layers))
+    return [Stage(name, not name.startswith("ti")) for name in names]
 
 
 def stage_instances(model, batched_inputs: List[Dict]) -> List[Dict[str, Instances]]:

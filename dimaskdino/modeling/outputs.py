@@ -21,7 +21,15 @@ import torch
 if TYPE_CHECKING:  # only for annotations: denoising.py imports this module
     from .denoising import DenoisingOutput
 
-__all__ = ["StagePrediction", "PredictorOutput"]
+__all__ = ["StagePrediction", "PredictorOutput", "stage_names"]
+
+
+def stage_names(num_ti_layers: int, initial_pred: bool, num_decoder_layers: int) -> List[str]:
+    """Names of the stages in pipeline order: "interm", "ti1".., "initial" (with INITIAL_PRED),
+    "dec1".."decD" (the last one is the model's output)."""
+    names = ["interm"] + [f"ti{i + 1}" for i in range(num_ti_layers)]
+    names += ["initial"] if initial_pred else []
+    return names + [f"dec{i + 1}" for i in range(num_decoder_layers)]
 
 
 @dataclass
@@ -59,10 +67,6 @@ class PredictorOutput:
         ``initial_pred``), "dec1".. up to the final layer. Needs every stage (``all_stages``)."""
         if self.interm is None:
             raise ValueError("named_stages needs every stage: run the predictor with all_stages=True")
-        stages = {"interm": self.interm}
-        stages.update({f"ti{i + 1}": s for i, s in enumerate(self.ti)})
-        decoder = list(self.aux) + [self.final]
-        if initial_pred:
-            stages["initial"] = decoder.pop(0)
-        stages.update({f"dec{i + 1}": s for i, s in enumerate(decoder)})
-        return stages
+        predictions = [self.interm, *self.ti, *self.aux, self.final]
+        names = stage_names(len(self.ti), initial_pred, len(self.aux) + 1 - int(initial_pred))
+        return dict(zip(names, predictions))

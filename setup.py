@@ -2,7 +2,9 @@
 """Build and install dimaskdino with its compiled op ``dimaskdino._C``.
 
 The C++ CPU kernels are always built. The CUDA kernels are added when ``FORCE_CUDA=1`` or a GPU
-is visible; the arch list defaults to ``8.0;8.6;9.0`` (``TORCH_CUDA_ARCH_LIST`` overrides it).
+is visible. The arch list defaults to ``8.0;8.6;9.0`` plus the arch of every visible GPU, with PTX of
+the newest one (e.g. ``8.0;8.6;9.0+PTX``) so that newer GPUs (Blackwell) JIT-compile the kernels;
+``TORCH_CUDA_ARCH_LIST`` overrides it.
 """
 import glob
 import os
@@ -19,7 +21,19 @@ except ImportError:  # pragma: no cover - explained to the user
              "then run `pip install --no-build-isolation -e .`")
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_CUDA_ARCHS = "8.0;8.6;9.0"
+DEFAULT_CUDA_ARCHS = ("8.0", "8.6", "9.0")
+
+
+def default_cuda_arch_list() -> str:
+    """DEFAULT_CUDA_ARCHS and the visible GPUs' archs, in order, the newest with +PTX."""
+    archs = list(DEFAULT_CUDA_ARCHS)
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            major, minor = torch.cuda.get_device_capability(index)
+            archs.append(f"{major}.{minor}")
+    archs = sorted(set(archs), key=lambda arch: tuple(int(part) for part in arch.split(".")))
+    archs[-1] += "+PTX"
+    return ";".join(archs)
 
 
 def find_cuda_home():
@@ -67,7 +81,8 @@ def make_extension():
                      "lib64/libcudart.so): set CUDA_HOME to it")
         os.environ["CUDA_HOME"] = cuda_home
         cpp_extension.CUDA_HOME = cuda_home
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            os.environ["TORCH_CUDA_ARCH_LIST"] = default_cuda_arch_list()
         sources += sorted(glob.glob(os.path.join("csrc", "**", "*.cu"), recursive=True))
         define_macros.append(("WITH_CUDA", None))
         extra["nvcc"] = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]

@@ -12,14 +12,17 @@ Train or evaluate DI-MaskDINO with detectron2.
     # continue an interrupted run from the last checkpoint in its OUTPUT_DIR
     python train_net.py --config-file <cfg> --resume
 
-Multi-GPU / multi-machine runs use detectron2's ``launch`` (torch.distributed):
-``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``.
-"""
-from detectron2.engine import default_argument_parser, launch
+Several processes (torch.distributed, see ``dimaskdino.engine.launch``): ``--num-gpus N`` starts N
+processes per machine, one per GPU (NCCL), or N CPU processes (gloo) on a machine without GPU;
+``--num-machines``, ``--machine-rank``, ``--dist-url`` for several machines. Started by torchrun or
+SLURM (RANK/WORLD_SIZE, MASTER_ADDR/MASTER_PORT set), every process joins that job instead:
 
+    torchrun --nproc_per_node 2 train_net.py --config-file <cfg>
+"""
 import dimaskdino.data  # noqa: F401  (registers the datasets)
 import dimaskdino.modeling  # noqa: F401  (registers the model)
 from dimaskdino.engine import runner
+from dimaskdino.engine.launch import distributed_argument_parser, launch
 
 
 def setup(args):
@@ -32,7 +35,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = distributed_argument_parser().parse_args()
     print("Command Line Args:", args)
     launch(
         main,

@@ -138,9 +138,11 @@ def test_gradcheck():
     )
 
 
-@needs_cpu_kernel
-def test_non_contiguous_inputs():
-    value, spatial_shapes, level_start_index, locations, weights = random_case(2, 6, 3, 4, [(5, 4), (2, 3)], 2)
+@pytest.mark.parametrize("device", [pytest.param("cpu", marks=needs_cpu_kernel),
+                                    pytest.param("cuda", marks=[pytest.mark.gpu, _cuda_skip])])
+def test_non_contiguous_inputs(device):
+    value, spatial_shapes, level_start_index, locations, weights = random_case(
+        2, 6, 3, 4, [(5, 4), (2, 3)], 2, device=device)
     value_nc = value.transpose(0, 2).contiguous().transpose(0, 2)  # same values, other strides
     locations_nc = torch.stack([locations, locations], -1)[..., 0]
     weights_nc = weights.permute(4, 3, 2, 1, 0).contiguous().permute(4, 3, 2, 1, 0)
@@ -444,6 +446,24 @@ def test_cuda_gradcheck():
     assert torch.autograd.gradcheck(
         lambda v, loc, w: ms_deform_attn(v, spatial_shapes, level_start_index, loc, w), leaves, eps=1e-6, atol=1e-6
     )
+
+
+@needs_cuda_kernel
+def test_cuda_backward_reports_itself_non_deterministic():
+    inputs = [t.cuda() for t in cuda_case(torch.float32)]
+    value = inputs[0].requires_grad_()
+    deterministic, warn_only = torch.are_deterministic_algorithms_enabled(), \
+        torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        out = ms_deform_attn(value, *inputs[1:])
+        with pytest.raises(RuntimeError, match="ms_deform_attn_backward_cuda"):
+            out.sum().backward()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        with pytest.warns(UserWarning, match="ms_deform_attn_backward_cuda"):
+            ms_deform_attn(value, *inputs[1:]).sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
 
 def test_reference_is_grid_sample_convention():

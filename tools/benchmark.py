@@ -13,7 +13,7 @@ Batches are read once and cached, the first ``--warmup`` iterations are not time
 ``--iters`` iterations are. ``--breakdown`` adds (a) forward time per top-level module
 (backbone, pixel decoder, transformer predictor, criterion) and backward + optimizer time,
 and (b) profiler self time grouped by operator kind (convolution, deformable attention,
-matmul, element-wise, ...).
+matmul, element-wise, ...). One process only: ``--num-gpus`` > 1 and torchrun are refused.
 """
 import itertools
 import logging
@@ -23,13 +23,13 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-from detectron2.engine import default_argument_parser, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
 import dimaskdino.data  # noqa: F401  (registers the datasets)
 import dimaskdino.modeling  # noqa: F401  (registers the model)
+from dimaskdino.engine.launch import cluster_environment, distributed_argument_parser
 from dimaskdino.engine.runner import load_run
 from dimaskdino.utils.weights import load_weights
 
@@ -210,7 +210,7 @@ TASKS = {"data": benchmark_data, "train": benchmark_train, "eval": benchmark_eva
 
 
 def main():
-    parser = default_argument_parser()
+    parser = distributed_argument_parser()
     parser.add_argument("--task", choices=sorted(TASKS), required=True)
     parser.add_argument("--iters", type=int, default=50, help="timed iterations")
     parser.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
@@ -219,7 +219,12 @@ def main():
     args = parser.parse_args()
     if args.eval_only:
         parser.error("--eval-only does not apply here; use --task eval")
-    launch(TASKS[args.task], args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args=(args,))
+    if args.num_gpus * args.num_machines > 1 or cluster_environment() is not None:
+        parser.error(
+            "tools/benchmark.py times one process; run it with --num-gpus 1 and without torchrun. The "
+            "inference report of several processes comes from train_net.py --eval-only --num-gpus N."
+        )
+    TASKS[args.task](args)
 
 
 if __name__ == "__main__":

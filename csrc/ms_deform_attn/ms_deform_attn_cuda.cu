@@ -261,6 +261,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
   TORCH_CHECK(value_in.is_cuda(), "ms_deform_attn (CUDA kernel): value must be a CUDA tensor");
   check_cuda_dtypes(value_in, sampling_locations_in, attention_weights_in);
   check_grad_output(grad_output_in, n, value_in);
+  // The atomicAdd scatter into grad_value sums in a varying order: under
+  // torch.use_deterministic_algorithms(True) this raises (or warns with warn_only), like torch's
+  // own non-deterministic CUDA kernels (e.g. index_add_, grid_sampler backward).
+  at::globalContext().alertNotDeterministic("ms_deform_attn_backward_cuda");
   const c10::cuda::CUDAGuard device_guard(value_in.device());
   const auto acc_dtype = at::toOpMathType(value_in.scalar_type());
   const at::Tensor value = value_in.contiguous();

@@ -21,7 +21,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode, LazyConfig, instantiate
-from detectron2.engine import AMPTrainer, SimpleTrainer, create_ddp_model, default_writers, hooks
+from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
 from detectron2.evaluation import print_csv_format, verify_results
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
@@ -34,6 +34,7 @@ from ..data import check_config_datasets, check_datasets
 from ..evaluation import inference_with_benchmark
 from ..utils.config_files import is_lazy_config, load_lazy_config, load_yaml_config
 from ..utils.weights import check_weights_file, load_weights
+from .ddp import create_ddp_model, with_statistics_hook
 from .devices import check_device
 from .train_loop import add_finite_loss_check
 from .trainer import DIMaskDINOTrainer
@@ -147,7 +148,7 @@ class LazyRun:
         trainer = (AMPTrainer if self.amp else SimpleTrainer)(model, self.build_train_loader(), optimizer)
         add_finite_loss_check(trainer, model)
         checkpointer = DIMaskDINOCheckpointer(model, self.output_dir, trainer=trainer)
-        trainer.register_hooks(self._hooks(checkpointer, model))
+        trainer.register_hooks(with_statistics_hook(self._hooks(checkpointer, model), model))
         checkpointer.resume_or_load(self.weights, resume=resume)
         # a checkpoint stores the iteration that finished: continue with the next one
         resumed = resume and checkpointer.has_checkpoint()

@@ -9,6 +9,7 @@ from detectron2.projects.deeplab import build_lr_scheduler
 
 from ..checkpoint import DIMaskDINOCheckpointer
 from ..data.mappers import build_train_mapper
+from .ddp import ddp_on_any_device, with_statistics_hook
 from .devices import check_device
 from .optimizer import build_optimizer_from_cfg
 from .train_loop import add_finite_loss_check
@@ -27,18 +28,21 @@ class DIMaskDINOTrainer(DefaultTrainer):
 
     def __init__(self, cfg):
         check_device(cfg.MODEL.DEVICE, "MODEL.DEVICE", amp=cfg.SOLVER.AMP.ENABLED, amp_key="SOLVER.AMP.ENABLED")
-        super().__init__(cfg)
+        with ddp_on_any_device():  # DefaultTrainer wraps the model for several processes
+            super().__init__(cfg)
         add_finite_loss_check(self, self.model)
 
     def build_hooks(self):
         """DefaultTrainer's hooks, with our checkpointer: it reads the authors' published weights too,
         non-strict so that a checkpoint trained on another class set can initialise fine-tuning
-        (mismatched heads are skipped with a warning). DefaultTrainer calls this at the end of its
-        construction, before anything is loaded or saved."""
+        (mismatched heads are skipped with a warning); with several processes, BatchNorm
+        statistics are averaged over them after every step, before the checkpointer and the
+        evaluation. DefaultTrainer calls this at the end of its construction, before anything is
+        loaded or saved."""
         self.checkpointer = DIMaskDINOCheckpointer(
             self.model, self.cfg.OUTPUT_DIR, strict=False, trainer=weakref.proxy(self)
         )
-        return super().build_hooks()
+        return with_statistics_hook(super().build_hooks(), self.model)
 
     def state_dict(self):
         """Checkpointed trainer state, including the optimizer (and AMP grad scaler) state, which

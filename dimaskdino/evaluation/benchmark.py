@@ -1,4 +1,9 @@
-"""Inference throughput, per-image latency and peak memory, measured during evaluation."""
+"""Inference throughput, per-image latency and peak memory, measured during evaluation.
+
+In a multi-process evaluation every rank times its own shard of the dataset; the report then
+covers all ranks: images and throughput are summed (the ranks run at the same time), latency
+statistics are taken over the calls of all ranks, and peak memory is the largest of any rank.
+"""
 import logging
 import resource
 import sys
@@ -9,6 +14,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 from detectron2.evaluation import inference_on_dataset
+from detectron2.utils import comm
 from tabulate import tabulate
 from torch import nn
 
@@ -52,6 +58,7 @@ class InferenceReport:
     latency_ms_p90: float
     peak_memory_mb: float
     peak_memory_kind: str
+    num_processes: int = 1  # ranks whose shards the report covers
 
     def as_dict(self) -> Dict[str, float]:
         return dict(self.__dict__)
@@ -66,6 +73,9 @@ class InferenceReport:
             ["latency per image, p90 (ms)", f"{self.latency_ms_p90:.1f}"],
             [f"peak memory, {self.peak_memory_kind} (MiB)", f"{self.peak_memory_mb:.0f}"],
         ]
+        if self.num_processes > 1:
+            rows.append(["processes (img/s summed, latency over all, memory of the largest)",
+                         str(self.num_processes)])
         return tabulate(rows, headers=["inference benchmark", "value"], tablefmt="pipe")
 
 
@@ -80,30 +90,52 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _peak_memory(device: torch.device) -> Tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "CUDA max allocated"
+    return _process_peak_rss_mb(), "process peak RSS"
+
+
 def make_report(records: List[Tuple[float, int]], device: torch.device, num_warmup: int):
     """Summarise (seconds, images) call records; the first ``num_warmup`` calls are skipped
     (unless there would be nothing left)."""
-    if not records:
+    return combine_reports([records], [_peak_memory(device)], str(device), num_warmup)
+
+
+def combine_reports(records_per_rank, peak_memory_per_rank, device: str, num_warmup: int):
+    """One report over the (seconds, images) call records of every rank (see the module docstring).
+
+    Args:
+        records_per_rank: R lists of (seconds, images); the first ``num_warmup`` calls of each
+            rank are skipped (unless there would be nothing left on that rank).
+        peak_memory_per_rank: R (MiB, kind) pairs.
+    """
+    timed, warmup_images, throughputs = [], 0, []
+    for records in records_per_rank:
+        if not records:
+            continue  # a rank with an empty shard (fewer images than ranks)
+        skip = min(num_warmup, len(records) - 1)
+        timed += records[skip:]
+        warmup_images += sum(n for _, n in records[:skip])
+        seconds = sum(s for s, _ in records[skip:])
+        throughputs.append(sum(n for _, n in records[skip:]) / max(seconds, 1e-12))
+    if not timed:
         raise ValueError("no inference call was recorded (empty data loader?)")
-    num_warmup = min(num_warmup, len(records) - 1)
-    timed = records[num_warmup:]
     seconds = np.array([s for s, _ in timed])
     images = np.array([n for _, n in timed])
     per_image_ms = 1000.0 * seconds / np.maximum(images, 1)
-    if device.type == "cuda":
-        peak, kind = torch.cuda.max_memory_allocated(device) / 2**20, "CUDA max allocated"
-    else:
-        peak, kind = _process_peak_rss_mb(), "process peak RSS"
+    peak, kind = max(peak_memory_per_rank)
     return InferenceReport(
-        device=str(device),
+        device=device,
         num_images=int(images.sum()),
-        num_warmup_images=int(sum(n for _, n in records[:num_warmup])),
-        images_per_second=float(images.sum() / max(seconds.sum(), 1e-12)),
+        num_warmup_images=int(warmup_images),
+        images_per_second=float(sum(throughputs)),
         latency_ms_mean=float(per_image_ms.mean()),
         latency_ms_median=float(np.median(per_image_ms)),
         latency_ms_p90=float(np.percentile(per_image_ms, 90)),
         peak_memory_mb=float(peak),
         peak_memory_kind=kind,
+        num_processes=len(records_per_rank),
     )
 
 
@@ -113,14 +145,17 @@ def inference_with_benchmark(model: nn.Module, data_loader, evaluator, num_warmu
 
     Returns:
         results: what ``evaluator.evaluate()`` returns (e.g. {"bbox": {...}, "segm": {...}})
-        report: an InferenceReport; throughput counts model time only (no data loading or
-            evaluation), over the calls after ``num_warmup`` warm-up calls.
+        report: an InferenceReport over all ranks; throughput counts model time only (no data
+            loading or evaluation), over the calls after ``num_warmup`` warm-up calls of each rank.
     """
     device = _model_device(model)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     recorder = LatencyRecorder(model)
     results = inference_on_dataset(recorder, data_loader, evaluator)
-    report = make_report(recorder.records, device, num_warmup)
+    # every rank gets the report over all ranks (all_gather runs over gloo, also for NCCL jobs)
+    records_per_rank = comm.all_gather(recorder.records)
+    peak_memory_per_rank = comm.all_gather(_peak_memory(device))
+    report = combine_reports(records_per_rank, peak_memory_per_rank, str(device), num_warmup)
     logger.info("Inference benchmark:\n" + report.table())
     return results, report

@@ -23,9 +23,10 @@ They are applied to several stages of the model; the stage is a suffix of the lo
 * ``"_ti{j}"``: token-interaction layer j of the De-Imbalance module, matched with class and box
   costs only and supervised with class and box terms only.
 
-Every sum over instances is divided by the number of ground-truth instances in the batch,
-averaged over the distributed workers and at least 1 (times the number of groups for the
-denoising losses). The weights live here and nowhere else; the returned dict holds the weighted
+Every sum over instances is divided by the number of ground-truth instances in the batch of all
+distributed workers together (at least 1) over the number of workers, so that DDP's gradient
+average equals one process on the whole batch (times the number of groups for the denoising
+losses). The weights live here and nowhere else; the returned dict holds the weighted
 losses, and every term that is computed must have a weight.
 """
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -424,13 +425,15 @@ class DIMaskDINOCriterion(nn.Module):
 
     @staticmethod
     def _num_boxes(targets, device) -> float:
-        """Ground-truth instances per worker (averaged over workers), at least 1."""
+        """The loss normaliser of this rank: max(ground-truth instances of the whole global batch,
+        1) / number of ranks. DDP averages the ranks' gradients, so the result equals one process
+        normalising the whole batch by its instance count (at least 1)."""
         count = torch.as_tensor(
             [float(sum(len(t["labels"]) for t in targets))], dtype=torch.float, device=device
         )
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(count)
-        return max(count.item() / get_world_size(), 1.0)
+        return max(count.item(), 1.0) / get_world_size()
 
     def extra_repr(self) -> str:
         return (

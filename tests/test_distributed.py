@@ -140,9 +140,9 @@ def test_train_net_two_processes_then_one_process_eval_gives_the_same_ap(cache, 
     out_dir = str(tmp_path / "two")
     _, log = _run([sys.executable, TRAIN_NET, "--num-gpus", "2", "--config-file", YAML, *TWO_RANKS,
                    "SOLVER.MAX_ITER", "20", "OUTPUT_DIR", out_dir], _env_cpu(cache), timeout=1200)
-    assert "Rank of current process: 0. World size: 2" in log
+    assert "Rank 0 of 2;" in log
     with open(os.path.join(out_dir, "log.txt.rank1")) as f:
-        assert "Rank of current process: 1. World size: 2" in f.read()
+        assert "Rank 1 of 2;" in f.read()
     assert [m["iteration"] for m in _metrics(out_dir) if "total_loss" in m][-1] == 19
     assert os.path.isfile(os.path.join(out_dir, "model_final.pth"))
     weights = ["MODEL.WEIGHTS", os.path.join(out_dir, "model_final.pth")]
@@ -183,9 +183,9 @@ def test_torchrun_starts_train_net(cache, tmp_path):
     out_dir = str(tmp_path / "torchrun")
     _, log = _run(torchrun + [TRAIN_NET, "--config-file", YAML, *TWO_RANKS, "SOLVER.MAX_ITER", "3",
                               "OUTPUT_DIR", out_dir], _env_cpu(cache), timeout=900)
-    assert "World size: 1" not in log
+    assert "Rank 0 of 1;" not in log  # not two single-process trainings
     with open(os.path.join(out_dir, "log.txt.rank1")) as f:
-        assert "Rank of current process: 1. World size: 2" in f.read()
+        assert "Rank 1 of 2;" in f.read()
     assert [m["iteration"] for m in _metrics(out_dir) if "total_loss" in m][-1] == 2
     assert os.path.isfile(os.path.join(out_dir, "model_final.pth"))
 

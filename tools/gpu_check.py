@@ -62,11 +62,12 @@ def random_inputs(size: Tuple[int, int], count: int = 1, seed: int = 0):
 
 
 def head_outputs(model, inputs):
-    """The predictor's raw outputs: pred_logits (B, Q, K), pred_boxes (B, Q, 4), pred_masks."""
+    """The final stage's raw predictions: logits (B, Q, K), boxes (B, Q, 4), masks (B, Q, h, w)."""
     captured = {}
 
     def keep(module, args, output):
-        captured.update(output[0] if isinstance(output, tuple) else output)
+        final = output.final  # a dimaskdino.modeling.outputs.PredictorOutput
+        captured.update(logits=final.logits, boxes=final.boxes, masks=final.masks)
 
     handle = model.sem_seg_head.register_forward_hook(keep)
     try:
@@ -74,7 +75,7 @@ def head_outputs(model, inputs):
             model(inputs)
     finally:
         handle.remove()
-    return {k: captured[k].float().cpu() for k in ("pred_logits", "pred_boxes", "pred_masks")}
+    return {k: v.float().cpu() for k, v in captured.items()}
 
 
 def check_cuda_matches_cpu(config: str, size, device: str) -> Row:
@@ -150,7 +151,7 @@ def check_ddp_nccl(device: str) -> Row:
         env = dict(os.environ, DIMASKDINO_CACHE=os.environ.get("DIMASKDINO_CACHE", os.path.join(tmp, "cache")))
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         log = out.stdout + out.stderr
-        ok = out.returncode == 0 and "World size: 2" in log
+        ok = out.returncode == 0 and "Rank 0 of 2;" in log
         return name, ok, f"exit code {out.returncode}" + ("" if ok else f": {log[-400:]!r}")
 
 

@@ -15,8 +15,17 @@ A full-model checkpoint (any key outside ``backbone.``) must fit the model exact
 raises a ValueError naming the missing, unexpected and wrongly shaped keys (pass ``strict=False`` to get
 detectron2's behaviour, which skips them with a warning, e.g. to fine-tune on another class set).
 Backbone-only checkpoints (ImageNet initialisation) load non-strictly.
+
+Saving is crash-safe: every checkpoint and ``last_checkpoint`` is written to a temporary file in the
+same folder, flushed to disk and renamed into place (``dimaskdino.utils.atomic_io``), so a kill leaves
+the previous file or the new one, never a truncated one under a real name. ``resume_or_load`` with
+``resume=True`` falls back to the newest intact checkpoint of the folder (with a warning naming both
+files) when the one ``last_checkpoint`` names cannot be read. An empty, truncated or non-checkpoint
+file raises :class:`UnreadableCheckpointError` naming the file.
 """
 import collections
+import logging
+import os
 import pickle
 import re
 from typing import Dict, Iterable, List, Tuple
@@ -27,7 +36,18 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
-__all__ = ["AUTHORS_TO_OURS", "DROPPED_KEYS", "DIMaskDINOCheckpointer", "convert_authors_state_dict"]
+from .utils.atomic_io import AtomicPathManager, remove_stale_temporaries
+
+__all__ = [
+    "AUTHORS_TO_OURS",
+    "DROPPED_KEYS",
+    "DIMaskDINOCheckpointer",
+    "UnreadableCheckpointError",
+    "convert_authors_state_dict",
+    "read_torch_file",
+]
+
+logger = logging.getLogger(__name__)
 
 _P = "sem_seg_head.predictor."
 _PD = "sem_seg_head.pixel_decoder."
@@ -158,8 +178,49 @@ def _load_pkl(filename: str) -> dict:
     return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
 
 
+class UnreadableCheckpointError(ValueError):
+    """A weights/checkpoint file that is empty, truncated, not a checkpoint, or holds objects the
+    weights-only loader refuses; the message names the file."""
+
+
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+
+
+def _describe_unpickling_error(filename: str, error: Exception) -> str:
+    # torch's message advises weights_only=False (arbitrary code execution): never repeat it
+    found = _UNSUPPORTED_GLOBAL.search(str(error))
+    if found:
+        return (f"{filename}: holds a {found.group(1)} object, which the safe weights-only loader refuses. "
+                "Only tensors and plain Python values are read; re-save a trusted file as a plain state dict.")
+    return f"{filename}: is not a PyTorch checkpoint (not a zip archive nor a weights-only pickle)."
+
+
+def read_torch_file(filename: str) -> object:
+    """``torch.load(weights_only=True)`` of a local or PathManager file, to CPU.
+
+    Raises:
+        UnreadableCheckpointError naming the file when it is empty, truncated, not a checkpoint
+        or holds objects outside torch's weights-only allow-list.
+    """
+    with PathManager.open(filename, "rb") as f:
+        if f.seekable() and f.seek(0, os.SEEK_END) == 0:
+            raise UnreadableCheckpointError(f"{filename}: is empty (0 bytes): it was never written completely.")
+        f.seek(0)
+        try:
+            return torch.load(f, map_location=torch.device("cpu"), weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise UnreadableCheckpointError(_describe_unpickling_error(filename, error)) from None
+        except Exception as error:  # torch raises RuntimeError, EOFError, KeyError, IndexError, ...
+            size = f.seek(0, os.SEEK_END) if f.seekable() else "?"
+            raise UnreadableCheckpointError(
+                f"{filename}: is truncated or not a PyTorch checkpoint ({size} bytes; "
+                f"{type(error).__name__} while reading it)."
+            ) from None
+
+
 class DIMaskDINOCheckpointer(DetectionCheckpointer):
-    """detectron2 checkpointer that also reads the authors' published DI-MaskDINO/MaskDINO weights.
+    """detectron2 checkpointer that also reads the authors' published DI-MaskDINO/MaskDINO weights,
+    saves crash-safely and resumes from the newest intact checkpoint.
 
     Args:
         model, save_dir, save_to_disk, checkpointables: as ``DetectionCheckpointer``
@@ -169,21 +230,56 @@ class DIMaskDINOCheckpointer(DetectionCheckpointer):
     def __init__(self, model, save_dir="", *, save_to_disk=None, strict: bool = True, **checkpointables):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.strict = strict
+        # detectron2's save() and tag_last_checkpoint() write through this manager: make them atomic
+        self.path_manager = AtomicPathManager(self.path_manager)
+
+    def save(self, name: str, **kwargs) -> None:
+        if self.save_dir and self.save_to_disk and os.path.isdir(self.save_dir):
+            for stale in remove_stale_temporaries(self.save_dir, "*.pth") + remove_stale_temporaries(
+                self.save_dir, "last_checkpoint"
+            ):
+                self.logger.warning(f"Removed {stale}, left by a checkpoint save that was interrupted.")
+        super().save(name, **kwargs)
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> dict:
+        """As detectron2's, except that an unreadable last checkpoint falls back to the newest
+        intact ``.pth`` file in ``save_dir`` (by modification time), with a warning."""
+        if not (resume and self.has_checkpoint()):
+            return super().resume_or_load(path, resume=False)
+        named = self.get_checkpoint_file()
+        others = sorted(
+            (f for f in self.get_all_checkpoint_files() if os.path.abspath(f) != os.path.abspath(named)),
+            key=os.path.getmtime,
+            reverse=True,
+        )
+        failures = []
+        for candidate in [named] + others:
+            if not os.path.isfile(candidate):
+                failures.append(f"{candidate}: not found.")
+                continue
+            try:
+                loaded = self.load(candidate)
+            except UnreadableCheckpointError as error:
+                failures.append(str(error))
+                continue
+            if candidate != named:
+                self.logger.warning(
+                    f"Could not resume from {named}, the checkpoint named in last_checkpoint "
+                    f"({failures[0]}); resumed from {candidate}, the newest intact checkpoint, instead."
+                )
+            return loaded
+        raise UnreadableCheckpointError(
+            f"Cannot resume from {self.save_dir}: no checkpoint in it is readable. " + " ".join(failures)
+        )
 
     def _load_file(self, filename: str) -> dict:
         if filename.endswith(".pkl"):
             return _load_pkl(filename)
-        with PathManager.open(filename, "rb") as f:
-            try:
-                loaded = torch.load(f, map_location=torch.device("cpu"), weights_only=True)
-            except pickle.UnpicklingError as error:
-                raise ValueError(
-                    f"{filename}: refusing to unpickle objects outside torch's weights-only allow-list "
-                    f"({error}). Only load files you trust; a trusted file can be re-saved as a plain state dict."
-                ) from error
+        loaded = read_torch_file(filename)
         if not isinstance(loaded, dict):
-            raise ValueError(f"{filename}: expected a dict (a state dict or {{'model': state_dict}}), "
-                             f"got {type(loaded).__name__}")
+            raise UnreadableCheckpointError(
+                f"{filename}: expected a dict (a state dict or {{'model': state_dict}}), got {type(loaded).__name__}"
+            )
         if filename.endswith(".pyth"):
             if "model_state" not in loaded:
                 raise ValueError(f"{filename}: pycls checkpoints must contain 'model_state'")

@@ -32,6 +32,7 @@ from tabulate import tabulate
 from ..checkpoint import DIMaskDINOCheckpointer
 from ..data import check_config_datasets, check_datasets
 from ..evaluation import inference_with_benchmark
+from ..utils.config_checks import check_config_values
 from ..utils.config_files import is_lazy_config, load_lazy_config, load_yaml_config
 from ..utils.weights import check_weights_file, load_weights
 from .ddp import create_ddp_model, with_statistics_hook
@@ -199,7 +200,9 @@ def setup_run(run, args) -> None:
 
 
 def check_run(run, eval_only: bool) -> None:
-    """Fail before any work on a bad device, a dataset/class-count mismatch or a missing weight file."""
+    """Fail before any work on bad run settings (batch size, types), a bad device, a dataset problem
+    (class count, missing files, bad annotations) or a missing weight file."""
+    check_config_values(run.cfg, training=not eval_only, world_size=comm.get_world_size())
     check_device(run.device, run.device_key, amp=run.amp and not eval_only, amp_key=run.amp_key)
     run.check_datasets(eval_only)
     check_weights_file(run.weights, run.weights_key)

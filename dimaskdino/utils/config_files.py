@@ -9,6 +9,8 @@ from typing import Sequence
 from detectron2.config import CfgNode, LazyConfig, get_cfg
 from omegaconf import OmegaConf
 
+from .config_checks import check_lazy_override_types
+
 __all__ = ["is_lazy_config", "load_config", "load_lazy_config", "load_yaml_config"]
 
 _MISSING = object()
@@ -58,6 +60,7 @@ def load_lazy_config(path: str, opts: Sequence[str] = ()):
             raise ValueError(f"LazyConfig overrides must be key=value, got {override!r}")
         if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
             raise KeyError(f"Non-existent config key: {key} (not in LazyConfig file {path})")
+    check_lazy_override_types(cfg, opts)
     return LazyConfig.apply_overrides(cfg, list(opts))
 
 

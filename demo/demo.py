@@ -8,24 +8,30 @@ class labels and scores).
         --opts MODEL.WEIGHTS output/embedded_r18/model_final.pth
 
 With a LazyConfig file the overrides are key=value (e.g. ``train.init_checkpoint=...``).
+
+Predictions scoring at least --confidence-threshold (default 0.3, where the main job's model puts its
+correct detections: its scores are 0.3-0.5) are drawn. Files that cannot be read are skipped and
+listed at the end, and the demo then exits with status 1. Drawings are named after the input's
+file stem (``.png``); inputs with the same stem get ``_2``, ``_3``, ... in input order.
 """
 import argparse
 import glob
 import logging
 import os
+import sys
 import time
 
 import cv2
 
-
 import dimaskdino.data  # noqa: F401  (registers the datasets)
 import dimaskdino.modeling  # noqa: F401  (registers the model)
-from detectron2.data import detection_utils as utils
 from detectron2.utils.logger import setup_logger
 
+from dimaskdino.data.image_io import UnreadableImageError, read_image
 from dimaskdino.utils.visualize import Predictor, draw_predictions
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+DEFAULT_CONFIDENCE_THRESHOLD = 0.3
 
 
 def get_parser():
@@ -35,7 +41,10 @@ def get_parser():
     parser.add_argument(
         "--output", required=True, help="folder for the drawings (or a file name for a single image)"
     )
-    parser.add_argument("--confidence-threshold", type=float, default=0.5, help="minimum score drawn")
+    parser.add_argument(
+        "--confidence-threshold", type=float, default=DEFAULT_CONFIDENCE_THRESHOLD,
+        help=f"minimum score drawn (default {DEFAULT_CONFIDENCE_THRESHOLD})",
+    )
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides")
     return parser
 
@@ -56,34 +65,61 @@ def expand_inputs(inputs):
     return paths
 
 
-def output_path(output, image_path, num_images):
-    if os.path.isdir(output) or num_images > 1 or not os.path.splitext(output)[1]:
+def output_names(paths):
+    """A distinct drawing name per input path: the stem + ".png", then "_2", "_3", ... for repeats."""
+    names, used = [], set()
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        name, count = stem + ".png", 1
+        while name in used:
+            count += 1
+            name = f"{stem}_{count}.png"
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def output_paths(output, paths):
+    """Where each drawing goes: into the folder ``output``, or to the file ``output`` for one image."""
+    if os.path.isdir(output) or len(paths) > 1 or not os.path.splitext(output)[1]:
         os.makedirs(output, exist_ok=True)
-        stem = os.path.splitext(os.path.basename(image_path))[0]
-        return os.path.join(output, stem + ".png")
+        return [os.path.join(output, name) for name in output_names(paths)]
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    return output
+    return [output]
+
+
+def draw_one(predictor, path, destination, threshold, logger):
+    image = read_image(path, format="RGB")
+    start = time.perf_counter()
+    instances = predictor(image)["instances"]
+    keep = int((instances.scores >= threshold).sum())
+    logger.info(f"{path}: {keep} instances above {threshold} in {time.perf_counter() - start:.2f}s")
+    drawing = draw_predictions(image, instances, predictor.metadata, threshold)
+    if not cv2.imwrite(destination, drawing[:, :, ::-1]):
+        raise OSError(f"Could not write the drawing of {path} to {destination}")
 
 
 def main(argv=None):
+    """Returns the exit status: 0, or 1 when some inputs could not be read."""
     args = get_parser().parse_args(argv)
     setup_logger(name="fvcore")
     logger = setup_logger()
     predictor = Predictor.from_config(args.config_file, args.opts)
     paths = expand_inputs(args.input)
-    for path in paths:
+    failed = []
+    for path, destination in zip(paths, output_paths(args.output, paths)):
         try:
-            image = utils.read_image(path, format="RGB")
-        except Exception as e:
-            raise RuntimeError(f"Could not read image {path}: {e}") from e
-        start = time.perf_counter()
-        instances = predictor(image)["instances"]
-        keep = int((instances.scores >= args.confidence_threshold).sum())
-        logger.info(f"{path}: {keep} instances above {args.confidence_threshold} in {time.perf_counter() - start:.2f}s")
-        drawing = draw_predictions(image, instances, predictor.metadata, args.confidence_threshold)
-        cv2.imwrite(output_path(args.output, path, len(paths)), drawing[:, :, ::-1])
+            draw_one(predictor, path, destination, args.confidence_threshold, logger)
+        except (FileNotFoundError, UnreadableImageError) as e:
+            logger.error(f"Skipped {path}: {e}")
+            failed.append(path)
+    if failed:
+        listing = "\n  ".join(failed)
+        logger.error(f"{len(failed)} of {len(paths)} inputs could not be read and were skipped:\n  {listing}")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    main()
+    sys.exit(main())

@@ -3,12 +3,12 @@ dataset mappers, mixed precision via SOLVER.AMP.ENABLED and a stop on non-finite
 import os
 import weakref
 
-from detectron2.data import build_detection_train_loader
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.projects.deeplab import build_lr_scheduler
 
 from ..checkpoint import DIMaskDINOCheckpointer
-from ..data.mappers import build_train_mapper
+from ..data.mappers import DETRInstanceDatasetMapper, build_train_mapper
 from .ddp import ddp_on_any_device, with_statistics_hook
 from .devices import check_device
 from .optimizer import build_optimizer_from_cfg
@@ -69,6 +69,12 @@ class DIMaskDINOTrainer(DefaultTrainer):
     def build_train_loader(cls, cfg):
         """Training batches mapped by the mapper named in INPUT.DATASET_MAPPER_NAME."""
         return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """detectron2's test loader with the DETR mapper's evaluation mode (the same shorter-side
+        resize as detectron2's DatasetMapper), which reads 16-bit images correctly."""
+        return build_detection_test_loader(cfg, dataset_name, mapper=DETRInstanceDatasetMapper(cfg, is_train=False))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -15,6 +15,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
+from ..data.image_io import read_image
 from .config_files import is_lazy_config, load_config
 from .weights import load_weights
 
@@ -100,7 +101,7 @@ def prediction_grid(
 
     columns = []
     for record in records:
-        image = utils.read_image(record["file_name"], format="RGB")
+        image = read_image(record["file_name"], format="RGB")
         outputs = predictor(image)
         top = draw_predictions(image, outputs["instances"], predictor.metadata, score_threshold, scale)
         bottom = draw_ground_truth(image, record, predictor.metadata, scale)

@@ -2,7 +2,6 @@
 authors' ``coco_instance_lsj`` mapper; evaluation at short side 800 (max 1333)."""
 from detectron2.config import LazyCall as L
 from detectron2.data import (
-    DatasetMapper,
     build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
@@ -10,7 +9,7 @@ from detectron2.data import (
 from detectron2.data import transforms as T
 from omegaconf import OmegaConf
 
-from dimaskdino.data.mappers import COCOInstanceLSJDatasetMapper
+from dimaskdino.data.mappers import COCOInstanceLSJDatasetMapper, DETRInstanceDatasetMapper
 from dimaskdino.evaluation import build_evaluator
 
 dataloader = OmegaConf.create()
@@ -32,7 +31,8 @@ dataloader.train = L(build_detection_train_loader)(
 
 dataloader.test = L(build_detection_test_loader)(
     dataset=L(get_detection_dataset_dicts)(names="coco_2017_val", filter_empty=False),
-    mapper=L(DatasetMapper)(
+    # detectron2's DatasetMapper at test time, reading images with dimaskdino.data.image_io
+    mapper=L(DETRInstanceDatasetMapper)(
         is_train=False,
         augmentations=[L(T.ResizeShortestEdge)(short_edge_length=800, max_size=1333)],
         image_format="${...train.mapper.image_format}",

@@ -7,13 +7,15 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Instances, PolygonMasks
 
+from ..image_io import read_image
+
 __all__ = ["attach_instances", "instances_from_annotations", "read_and_augment"]
 
 
 def read_and_augment(dataset_dict: dict, augmentations: T.AugmentationList, image_format: str):
     """Read the image of ``dataset_dict``, apply the augmentations and store it as its "image"
     (3, H, W) uint8 tensor (in place). Returns the transforms applied."""
-    image = utils.read_image(dataset_dict["file_name"], format=image_format)
+    image = read_image(dataset_dict["file_name"], format=image_format)
     utils.check_image_size(dataset_dict, image)
     aug_input = T.AugInput(image)
     transforms = augmentations(aug_input)

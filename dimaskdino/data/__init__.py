@@ -10,7 +10,7 @@ from .datasets import (
     prepare_dataset,
     register_all,
 )
-from .validation import check_config_datasets, check_datasets, dataset_classes
+from .validation import check_config_datasets, check_dataset_contents, check_datasets, dataset_classes
 
 register_all()
 
@@ -18,6 +18,7 @@ __all__ = [
     "BDD100K_INS_SEG_CLASSES",
     "EMBEDDED_CLASSES",
     "check_config_datasets",
+    "check_dataset_contents",
     "check_datasets",
     "dataset_classes",
     "ensure_embedded_shapes",

@@ -31,6 +31,7 @@ from tabulate import tabulate
 
 from ..checkpoint import DIMaskDINOCheckpointer
 from ..data import check_config_datasets, check_datasets
+from ..data.resume import continue_data_stream
 from ..evaluation import inference_with_benchmark
 from ..utils.config_checks import check_config_values
 from ..utils.config_files import is_lazy_config, load_lazy_config, load_yaml_config
@@ -152,8 +153,9 @@ class LazyRun:
         trainer.register_hooks(with_statistics_hook(self._hooks(checkpointer, model), model))
         checkpointer.resume_or_load(self.weights, resume=resume)
         # a checkpoint stores the iteration that finished: continue with the next one
-        resumed = resume and checkpointer.has_checkpoint()
-        trainer.train(trainer.iter + 1 if resumed else 0, self.cfg.train.max_iter)
+        start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
+        continue_data_stream(trainer, start_iter, self.cfg.dataloader.train.total_batch_size // comm.get_world_size())
+        trainer.train(start_iter, self.cfg.train.max_iter)
 
     def _hooks(self, checkpointer, model) -> list:
         """Timing and the learning-rate schedule on every worker; periodic checkpoints (before the

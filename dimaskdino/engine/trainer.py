@@ -6,9 +6,11 @@ import weakref
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.projects.deeplab import build_lr_scheduler
+from detectron2.utils import comm
 
 from ..checkpoint import DIMaskDINOCheckpointer
 from ..data.mappers import DETRInstanceDatasetMapper, build_train_mapper
+from ..data.resume import continue_data_stream
 from .ddp import ddp_on_any_device, with_statistics_hook
 from .devices import check_device
 from .optimizer import build_optimizer_from_cfg
@@ -43,6 +45,12 @@ class DIMaskDINOTrainer(DefaultTrainer):
             self.model, self.cfg.OUTPUT_DIR, strict=False, trainer=weakref.proxy(self)
         )
         return with_statistics_hook(super().build_hooks(), self.model)
+
+    def resume_or_load(self, resume=True):
+        """detectron2's, then the training sampler skipped past the samples consumed before the
+        checkpoint, so that the data order continues (``dimaskdino.data.resume``)."""
+        super().resume_or_load(resume=resume)
+        continue_data_stream(self._trainer, self.start_iter, self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())
 
     def state_dict(self):
         """Checkpointed trainer state, including the optimizer (and AMP grad scaler) state, which

@@ -17,9 +17,10 @@ ARGS = ["--config-file", YAML, *FAST, "DATALOADER.NUM_WORKERS", "2", "SOLVER.MAX
         "SOLVER.CHECKPOINT_PERIOD", "4", "DATASETS.TEST", "()"]
 
 
-def _run(cache_dir, out_dir, records, *extra, **env):
+def _run(cache_dir, out_dir, records, *extra, amp=False, **env):
+    device = ["MODEL.DEVICE", "cuda", "SOLVER.AMP.ENABLED", "True"] if amp else []
     result = subprocess.run(
-        [sys.executable, RECORDER, *extra, *ARGS, "OUTPUT_DIR", out_dir],
+        [sys.executable, RECORDER, *extra, *ARGS, *device, "OUTPUT_DIR", out_dir],
         env=dict(_env(cache_dir), RECORD_BATCHES=records, **env), cwd=REPO, capture_output=True, text=True,
         timeout=900,
     )
@@ -47,15 +48,21 @@ def _assert_same_state(ours, reference, where="trainer"):
         assert ours == reference, where
 
 
+AMP_ON_GPU = pytest.param(
+    True, marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="AMP needs a CUDA device")]
+)
+
+
 @pytest.mark.slow
-def test_sigkill_then_resume_continues_state_and_data_order(cache, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("amp", [False, AMP_ON_GPU], ids=["fp32_cpu", "amp_cuda"])
+def test_sigkill_then_resume_continues_state_and_data_order(cache, tmp_path, amp):  # noqa: F811
     reference_dir, killed_dir = str(tmp_path / "uninterrupted"), str(tmp_path / "killed")
-    result = _run(cache, reference_dir, str(tmp_path / "a.jsonl"))
+    result = _run(cache, reference_dir, str(tmp_path / "a.jsonl"), amp=amp)
     assert result.returncode == 0, result.stderr[-3000:]
     reference = _batches(tmp_path / "a.jsonl")
     assert sorted(reference) == list(range(10))
 
-    result = _run(cache, killed_dir, str(tmp_path / "b1.jsonl"), KILL_AT_ITER="6")
+    result = _run(cache, killed_dir, str(tmp_path / "b1.jsonl"), amp=amp, KILL_AT_ITER="6")
     assert result.returncode == -9, result.stderr[-3000:]  # killed by SIGKILL during iteration 6
     with open(os.path.join(killed_dir, "last_checkpoint")) as f:
         assert f.read() == "model_0000003.pth"
@@ -68,7 +75,7 @@ def test_sigkill_then_resume_continues_state_and_data_order(cache, tmp_path):  #
         f.write("model_0000007.pth")
 
     resumed_state = str(tmp_path / "resumed_state.pth")
-    result = _run(cache, killed_dir, str(tmp_path / "b2.jsonl"), "--resume", RESUMED_STATE=resumed_state)
+    result = _run(cache, killed_dir, str(tmp_path / "b2.jsonl"), "--resume", amp=amp, RESUMED_STATE=resumed_state)
     assert result.returncode == 0, result.stderr[-3000:]
     log = open(os.path.join(killed_dir, "log.txt")).read()
     assert "Starting training from iteration 4" in log
@@ -80,6 +87,7 @@ def test_sigkill_then_resume_continues_state_and_data_order(cache, tmp_path):  #
     state = torch.load(resumed_state, weights_only=True)
     assert state["iteration"] == expected["iteration"] == 3
     assert expected["_trainer"]["optimizer"]["state"]  # AdamW moments exist, and must match
+    assert ("grad_scaler" in expected["_trainer"]) == amp  # the AMP scaler state is compared too
     _assert_same_state(state, expected)
 
     # the data order continues: the same image ids at the same iterations

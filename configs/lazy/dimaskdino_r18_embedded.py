@@ -51,5 +51,5 @@ train.checkpointer.period = 400
 train.output_dir = "./output/embedded_r18_lazy"
 optimizer.base_lr = 5e-4
 optimizer.backbone_multiplier = 1.0
-lr_multiplier = step_schedule(train.max_iter, steps=[870], warmup_iters=50)
+lr_multiplier = step_schedule(steps=[870], warmup_iters=50)
 del decoder, predictor  # aliases only: not part of the config

@@ -13,4 +13,4 @@ from .models.dimaskdino_r50 import model
 train.max_iter = 88500
 train.init_checkpoint = "detectron2://ImageNetPretrained/torchvision/R-50.pkl"
 train.output_dir = "./output/dimaskdino_r50_4scale_bs16_12ep"
-lr_multiplier = step_schedule(train.max_iter, steps=[81125])
+lr_multiplier = step_schedule(steps=[81125])

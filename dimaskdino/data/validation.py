@@ -126,12 +126,22 @@ def find_bad_annotations(records: Iterable[Tuple[str, dict, Sequence[float]]]) -
     return found
 
 
+def _parse_json(json_file: str):
+    """The json file parsed with orjson when it is installed (3-4x faster on COCO-sized files)."""
+    with open(json_file, "rb") as f:
+        text = f.read()
+    try:
+        import orjson
+    except ImportError:
+        return json.loads(text)
+    return orjson.loads(text)
+
+
 def _coco_json_records(json_file: str, image_root: str):
     """(image paths, annotation records) of a COCO json, read directly (detectron2's loader
     already drops some bad polygons, which evaluation still sees)."""
     try:
-        with open(json_file) as f:
-            coco = json.load(f)
+        coco = _parse_json(json_file)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"Annotation file {json_file} is not valid json: {e}") from e
     file_of = {image["id"]: os.path.join(image_root or "", image["file_name"]) for image in coco.get("images", [])}

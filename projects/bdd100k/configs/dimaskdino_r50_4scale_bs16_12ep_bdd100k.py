@@ -13,4 +13,4 @@ train.max_iter = 5250
 train.eval_period = 0
 train.checkpointer.period = 1000
 train.output_dir = "./output/bdd100k_r50_12ep_lazy"
-lr_multiplier = step_schedule(train.max_iter, steps=[4813])
+lr_multiplier = step_schedule(steps=[4813])

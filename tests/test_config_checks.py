@@ -87,3 +87,15 @@ def test_lazy_config_file_values_are_checked_too(monkeypatch):
         check_run(LazyRun(cfg), eval_only=False)
     cfg.train.max_iter = 10
     check_run(LazyRun(cfg), eval_only=False)  # the shipped values pass
+
+
+def test_batch_size_must_divide_over_the_gpus():
+    from dimaskdino.utils.config_checks import check_lazy_config_values, check_yaml_config_values
+    from dimaskdino.utils.config_files import load_yaml_config
+
+    cfg = load_yaml_config(YAML, ["SOLVER.IMS_PER_BATCH", "8"])
+    check_yaml_config_values(cfg, training=True, world_size=4)
+    with pytest.raises(ValueError, match=r"SOLVER.IMS_PER_BATCH=8 .* divisible by the number of GPUs \(3\)"):
+        check_yaml_config_values(cfg, training=True, world_size=3)
+    with pytest.raises(ValueError, match=r"total_batch_size=8 must be divisible by the number of GPUs \(3\)"):
+        check_lazy_config_values(load_lazy_config(LAZY), training=True, world_size=3)

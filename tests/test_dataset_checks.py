@@ -14,7 +14,7 @@ from detectron2.structures import BoxMode
 from pycocotools.coco import COCO
 
 from dimaskdino.data import check_datasets
-from dimaskdino.utils import lazy_training
+from dimaskdino.engine.runner import LazyRun, check_run
 from dimaskdino.utils.config_files import load_lazy_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,7 +98,7 @@ def test_good_dataset_passes_and_lazy_config_is_checked_too(tmp_path, monkeypatc
     cfg = load_lazy_config(LAZY, ["dataloader.train.dataset.names=checks_lazy_bad",
                                   f"train.output_dir={tmp_path}"])
     with pytest.raises(ValueError, match="1 x polygon with fewer than 3 points"):
-        lazy_training.check_config(cfg, eval_only=False)
+        check_run(LazyRun(cfg), eval_only=False)
 
 
 def test_datasets_without_json_are_checked_from_their_dicts(tmp_path):

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from dimaskdino.utils import lazy_training
+from dimaskdino.engine import runner
 from dimaskdino.utils.config_files import load_lazy_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,9 +24,9 @@ class _Report:
 
 def test_lazy_eval_writes_inference_benchmark_per_dataset(tmp_path, monkeypatch):
     cfg = load_lazy_config(LAZY, [f"train.output_dir={tmp_path}"])
-    monkeypatch.setattr(lazy_training, "instantiate", lambda node: None)  # no loader / evaluator needed
-    monkeypatch.setattr(lazy_training, "inference_with_benchmark", lambda *a: ({}, _Report()))
-    lazy_training.do_test(cfg, model=None)
+    monkeypatch.setattr(runner, "instantiate", lambda node: None)  # no loader / evaluator needed
+    monkeypatch.setattr(runner, "inference_with_benchmark", lambda *a: ({}, _Report()))
+    runner.evaluate(runner.LazyRun(cfg), model=None)
     assert os.listdir(tmp_path) == ["inference_benchmark_embedded_shapes_val.json"]
     with open(tmp_path / "inference_benchmark_embedded_shapes_val.json") as f:
         assert json.load(f) == {"images_per_second": 12.5}

@@ -145,8 +145,8 @@ def _coco_json_records(json_file: str, image_root: str):
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"Annotation file {json_file} is not valid json: {e}") from e
     file_of = {image["id"]: os.path.join(image_root or "", image["file_name"]) for image in coco.get("images", [])}
-    records = [(file_of.get(a.get("image_id"), f"image id {a.get('image_id')}"), a, a.get("bbox", ()))
-               for a in coco.get("annotations", [])]
+    records = ((file_of.get(a.get("image_id"), f"image id {a.get('image_id')}"), a, a.get("bbox", ()))
+               for a in coco.get("annotations", []))
     return list(file_of.values()), records
 
 

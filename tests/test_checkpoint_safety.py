@@ -168,3 +168,12 @@ def test_unreadable_weights_files_are_named_without_unsafe_advice(tmp_path, kind
         seen.append(str(chained))
         chained = chained.__cause__ or (None if chained.__suppress_context__ else chained.__context__)
     assert not any("weights_only" in m for m in seen), seen
+
+
+def test_eval_only_resume_falls_back_too(tmp_path):
+    DIMaskDINOCheckpointer(_model(4.0), str(tmp_path)).save("model_0000009", iteration=9)
+    (tmp_path / "model_final.pth").write_bytes(b"")
+    (tmp_path / "last_checkpoint").write_text("model_final.pth")
+    model = _model(0.0)
+    load_weights(model, "", save_dir=str(tmp_path), resume=True)
+    assert float(model.weight.detach()[0, 0]) == 4.0

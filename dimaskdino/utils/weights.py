@@ -15,16 +15,18 @@ def check_weights_file(path: str, key: str = "MODEL.WEIGHTS") -> None:
 def load_weights(model, path: str, *, save_dir: str = "", resume: bool = False, key: str = "MODEL.WEIGHTS"):
     """
     Load ``path`` (ours or the authors' published checkpoint) into ``model``; with ``resume``
-    the last checkpoint in ``save_dir`` wins. A full-model checkpoint that does not fit the
+    the last checkpoint in ``save_dir`` wins (or the newest intact one, with a warning, when it
+    cannot be read). A full-model checkpoint that does not fit the
     model (another architecture, other class count, ...) raises a ValueError naming the file.
     """
     checkpointer = DIMaskDINOCheckpointer(model, save_dir)
     if resume and checkpointer.has_checkpoint():
-        path = checkpointer.get_checkpoint_file()
-    elif not path:
+        # the checkpointer's fallback: an unreadable last checkpoint gives way to the newest intact one
+        checkpointer.resume_or_load(path, resume=True)
+        return checkpointer
+    if not path:
         raise ValueError(f"No weights to load: set {key} to a checkpoint file.")
-    else:
-        check_weights_file(path, key)
+    check_weights_file(path, key)
     try:
         checkpointer.load(path)
     except ValueError as e:

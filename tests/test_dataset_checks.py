@@ -13,7 +13,7 @@ from detectron2.engine import default_argument_parser
 from detectron2.structures import BoxMode
 from pycocotools.coco import COCO
 
-from dimaskdino.data import check_datasets
+from dimaskdino.data import check_datasets, validation
 from dimaskdino.engine.runner import LazyRun, check_run
 from dimaskdino.utils.config_files import load_lazy_config
 
@@ -113,3 +113,14 @@ def test_datasets_without_json_are_checked_from_their_dicts(tmp_path):
     MetadataCatalog.get(name).set(thing_classes=CLASSES)
     with pytest.raises(ValueError, match=r"1 x zero-area box .*annotation \? of .*x.png"):
         check_datasets([name], 4)
+
+
+def test_bad_annotations_can_be_let_through_with_a_warning(tmp_path, monkeypatch):
+    _dataset(tmp_path, "checks_allowed_bad", [_annotation(1, 1)] + BAD_ANNOTATIONS[2:3], images_on_disk=(1, 2, 3))
+    with pytest.raises(ValueError, match="DIMASKDINO_ALLOW_BAD_ANNOTATIONS=1"):
+        check_datasets(["checks_allowed_bad"], 4)
+    monkeypatch.setenv("DIMASKDINO_ALLOW_BAD_ANNOTATIONS", "1")
+    warnings = []
+    monkeypatch.setattr(validation.logger, "warning", warnings.append)
+    check_datasets(["checks_allowed_bad"], 4)
+    assert len(warnings) == 1 and "1 x zero-area box" in warnings[0]

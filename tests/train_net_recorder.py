@@ -53,4 +53,4 @@ original_resume_or_load = DIMaskDINOTrainer.resume_or_load
 DIMaskDINOTrainer.resume_or_load = _resume_or_load
 
 if __name__ == "__main__":
-    train_net.main(train_net.default_argument_parser().parse_args(sys.argv[1:]))
+    train_net.main(train_net.distributed_argument_parser().parse_args(sys.argv[1:]))

@@ -2,6 +2,7 @@
 detectron2 drops or that break COCO evaluation fail in setup (yaml and LazyConfig)."""
 import json
 import os
+import re
 import sys
 
 import cv2
@@ -70,18 +71,23 @@ def test_missing_images_are_counted_and_named_in_one_error(tmp_path):
     assert str(tmp_path / "img2.png") in message and str(tmp_path / "img3.png") in message
 
 
-def test_bad_annotations_fail_at_start_counted_by_kind(tmp_path):
+def test_bad_annotations_fail_at_start_counted_by_kind(tmp_path, monkeypatch):
     good = [_annotation(1, 1), _annotation(2, 3, iscrowd=1)]
     json_file = _dataset(tmp_path, "checks_bad_annotations", good + BAD_ANNOTATIONS, images_on_disk=(1, 2, 3))
+    warnings = []
+    monkeypatch.setattr(validation.logger, "warning", warnings.append)
     with pytest.raises(ValueError) as error:
         _setup("--config-file", YAML, "DATASETS.TEST", "('checks_bad_annotations',)", "OUTPUT_DIR",
                str(tmp_path / "out"))
     message = str(error.value)
-    assert "'checks_bad_annotations' has 5 annotations" in message
+    assert "'checks_bad_annotations' has 4 annotations" in message
     assert "2 x polygon with fewer than 3 points" in message
-    for kind in ("1 x zero-area box", "1 x empty segmentation", "1 x polygon with an odd number of coordinates"):
+    for kind in ("1 x empty segmentation", "1 x polygon with an odd number of coordinates"):
         assert kind in message
-    assert f"annotation 11 of {tmp_path / 'img1.png'}" in message and "annotation 13 of" in message
+    # the zero-area box (COCO train2017 has two) is counted in a warning, not in the error
+    assert "zero-area" not in message
+    assert len(warnings) == 1 and "1 x zero-area box" in warnings[0] and "annotation 13 of" in warnings[0]
+    assert f"annotation 11 of {tmp_path / 'img1.png'}" in message and "annotation 14 of" in message
 
     # independent references: detectron2 drops the bad polygons at load, pycocotools fails on them
     loaded = load_coco_json(json_file, str(tmp_path), "checks_bad_annotations")
@@ -101,26 +107,31 @@ def test_good_dataset_passes_and_lazy_config_is_checked_too(tmp_path, monkeypatc
         check_run(LazyRun(cfg), eval_only=False)
 
 
-def test_datasets_without_json_are_checked_from_their_dicts(tmp_path):
+def test_datasets_without_json_are_checked_from_their_dicts(tmp_path, monkeypatch):
     image = tmp_path / "x.png"
     cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
     records = [{"file_name": str(image), "image_id": 1, "height": 8, "width": 8, "annotations": [
         {"bbox": [4, 1, 4, 6], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0, "segmentation": [SQUARE]}]}]
+    records.append(dict(records[0], image_id=2, annotations=[
+        {"bbox": [1, 1, 7, 7], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0, "segmentation": [[1, 1, 7, 7]]}]))
     name = "checks_dicts_zero_width"
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
     DatasetCatalog.register(name, lambda: records)
     MetadataCatalog.get(name).set(thing_classes=CLASSES)
-    with pytest.raises(ValueError, match=r"1 x zero-area box .*annotation \? of .*x.png"):
+    warnings = []
+    monkeypatch.setattr(validation.logger, "warning", warnings.append)
+    with pytest.raises(ValueError, match=r"1 x polygon with fewer than 3 points .*annotation \? of .*x.png"):
         check_datasets([name], 4)
+    assert len(warnings) == 1 and re.search(r"1 x zero-area box .*annotation \? of .*x.png", warnings[0])
 
 
 def test_bad_annotations_can_be_let_through_with_a_warning(tmp_path, monkeypatch):
-    _dataset(tmp_path, "checks_allowed_bad", [_annotation(1, 1)] + BAD_ANNOTATIONS[2:3], images_on_disk=(1, 2, 3))
+    _dataset(tmp_path, "checks_allowed_bad", [_annotation(1, 1)] + BAD_ANNOTATIONS[3:4], images_on_disk=(1, 2, 3))
     with pytest.raises(ValueError, match="DIMASKDINO_ALLOW_BAD_ANNOTATIONS=1"):
         check_datasets(["checks_allowed_bad"], 4)
     monkeypatch.setenv("DIMASKDINO_ALLOW_BAD_ANNOTATIONS", "1")
     warnings = []
     monkeypatch.setattr(validation.logger, "warning", warnings.append)
     check_datasets(["checks_allowed_bad"], 4)
-    assert len(warnings) == 1 and "1 x zero-area box" in warnings[0]
+    assert len(warnings) == 1 and "1 x empty segmentation" in warnings[0]

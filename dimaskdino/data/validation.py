@@ -7,8 +7,13 @@ Contents (:func:`check_dataset_contents`): every image file must exist, and no a
 one that detectron2 silently filters at load time or that breaks COCO evaluation. These are errors,
 not warnings, in training and evaluation alike: dropping them in training only would make the
 trained-on and evaluated-on ground truth differ, and pycocotools cannot evaluate them. With the
-environment variable DIMASKDINO_ALLOW_BAD_ANNOTATIONS=1 they give one warning instead. Generated
-datasets (the embedded shapes) are correct by construction and are not scanned.
+environment variable DIMASKDINO_ALLOW_BAD_ANNOTATIONS=1 they give one warning instead.
+
+Zero-area boxes are the exception: one warning counts them and the run goes on. COCO train2017
+itself holds two (height 0, images 200365 and 550395), pycocotools evaluates them as every
+published COCO number does (a ground truth no detection can match), and the training mappers drop
+them (detectron2's ``filter_empty_instances``). Generated datasets (the embedded shapes) are
+correct by construction and are not scanned.
 """
 import json
 import logging
@@ -44,6 +49,8 @@ BAD_ANNOTATION_KINDS = {
     "no segmentation": "instance segmentation needs a mask for every non-crowd instance",
     "zero-area box": "width and height must be positive",
 }
+# kinds that warn instead of failing: training drops them, evaluation handles them (module docstring)
+TOLERATED_KINDS = ("zero-area box",)
 _SHOWN = 5
 
 _DATA_HINT = "set $DETECTRON2_DATASETS to the folder that holds it (default: ./datasets)"
@@ -181,17 +188,29 @@ def _raise_if_missing_images(name: str, paths: List[str]) -> None:
         )
 
 
-def _raise_if_bad_annotations(name: str, bad: Dict[str, List[str]]) -> None:
-    if not bad:
-        return
+def _describe(bad: Dict[str, List[str]]) -> Tuple[int, str]:
+    """(count, one line per kind with examples) of bad annotations, the most frequent kind first."""
     counts = Counter({kind: len(items) for kind, items in bad.items()})
     lines = [
         f"  {count} x {kind} ({BAD_ANNOTATION_KINDS[kind]}), e.g. {'; '.join(bad[kind][:3])}"
         for kind, count in counts.most_common()
     ]
+    return sum(counts.values()), "\n".join(lines)
+
+
+def _raise_if_bad_annotations(name: str, bad: Dict[str, List[str]]) -> None:
+    tolerated = {kind: items for kind, items in bad.items() if kind in TOLERATED_KINDS}
+    if tolerated:
+        count, lines = _describe(tolerated)
+        logger.warning(f"Dataset '{name}' has {count} annotations with a zero-area box; training drops them "
+                       f"and COCO evaluation keeps them as unmatchable ground truth:\n{lines}")
+    bad = {kind: items for kind, items in bad.items() if kind not in TOLERATED_KINDS}
+    if not bad:
+        return
+    count, lines = _describe(bad)
     message = (
-        f"Dataset '{name}' has {sum(counts.values())} annotations that training would drop or that would "
-        "break COCO evaluation:\n" + "\n".join(lines) + "\nFix or remove them in the annotation file"
+        f"Dataset '{name}' has {count} annotations that training would drop or that would "
+        "break COCO evaluation:\n" + lines + "\nFix or remove them in the annotation file"
     )
     if os.environ.get(ALLOW_BAD_ANNOTATIONS_ENV) == "1":
         logger.warning(message + f" (continuing: {ALLOW_BAD_ANNOTATIONS_ENV}=1).")

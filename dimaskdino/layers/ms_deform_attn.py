@@ -16,6 +16,8 @@ L levels, P points per level):
 - attention_weights: (B, Q, H, L, P)
 - output: (B, Q, H * D)
 """
+import contextlib
+import contextvars
 import math
 import warnings
 
@@ -23,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
+
+from .level_shapes import level_shapes
 
 try:
     from dimaskdino import _C
@@ -33,7 +37,8 @@ except ImportError as e:  # the op is not built: everything runs on the referenc
 else:
     _C_IMPORT_ERROR = None
 
-__all__ = ["ms_deform_attn", "ms_deform_attn_reference", "ms_deform_attn_backends", "MSDeformAttn", "reset_deformable_transformer"]
+__all__ = ["ms_deform_attn", "ms_deform_attn_reference", "ms_deform_attn_backends", "reference_ms_deform_attn",
+           "MSDeformAttn", "reset_deformable_transformer"]
 
 # dtypes each compiled kernel accepts for value.
 _KERNEL_DTYPES = {
@@ -42,6 +47,8 @@ _KERNEL_DTYPES = {
 }
 _REDUCED_PRECISION = (torch.float16, torch.bfloat16)
 _warned_fallbacks = set()
+# set by ``reference_ms_deform_attn``: run the grid_sample reference instead of the compiled op
+_force_reference = contextvars.ContextVar("dimaskdino_ms_deform_attn_force_reference", default=False)
 
 
 def ms_deform_attn_backends():
@@ -64,13 +71,14 @@ def ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_
     B, S, H, D = value.shape
     _, Q, _, L, P, _ = sampling_locations.shape
     compute_dtype = torch.promote_types(value.dtype, sampling_locations.dtype)
-    level_sizes = [int(h) * int(w) for h, w in spatial_shapes.tolist()]
+    shapes = level_shapes(spatial_shapes)
+    level_sizes = [h * w for h, w in shapes]
     value_levels = value.to(compute_dtype).split(level_sizes, dim=1)
     # grid_sample wants (x, y) in [-1, 1]; -1 and 1 are the outer edges of the border pixels.
     grids = (2 * sampling_locations.to(compute_dtype) - 1).transpose(1, 2).flatten(0, 1)  # (B*H, Q, L, P, 2)
     samples = []
-    for level, (h, w) in enumerate(spatial_shapes.tolist()):
-        value_l = value_levels[level].permute(0, 2, 3, 1).reshape(B * H, D, int(h), int(w))
+    for level, (h, w) in enumerate(shapes):
+        value_l = value_levels[level].permute(0, 2, 3, 1).reshape(B * H, D, h, w)
         samples.append(
             F.grid_sample(value_l, grids[:, :, level], mode="bilinear", padding_mode="zeros", align_corners=False)
         )  # (B*H, D, Q, P)
@@ -78,6 +86,17 @@ def ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_
     weights = attention_weights.to(compute_dtype).transpose(1, 2).reshape(B * H, 1, Q, L * P)
     output = (samples * weights).sum(-1).view(B, H * D, Q)
     return output.transpose(1, 2).contiguous().to(value.dtype)
+
+
+@contextlib.contextmanager
+def reference_ms_deform_attn():
+    """Inside this context ``ms_deform_attn`` runs ``ms_deform_attn_reference`` (standard PyTorch ops),
+    not the compiled op: how the model is traced for ONNX, whose runtimes know GridSample but not our op."""
+    token = _force_reference.set(True)
+    try:
+        yield
+    finally:
+        _force_reference.reset(token)
 
 
 def _fail(kind, message):
@@ -271,6 +290,8 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
         with torch.autocast(value.device.type, enabled=False):
             return ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    if _force_reference.get():
+        return ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     reason = _kernel_unavailable_reason(value)
     if reason is not None:
         _warn_fallback(reason)

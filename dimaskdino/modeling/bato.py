@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from detectron2.layers import Conv2d, get_norm
 
+from ..layers.level_shapes import level_shapes
 from ..layers.post_norm import add_and_norm, add_feed_forward, feed_forward_and_norm
 from .decoder import DecoderMemory
 from .utils import gather_rows
@@ -83,8 +84,9 @@ class BalanceAwareTokenOptimization(nn.Module):
 
     def update_mask_features(self, memory, spatial_shapes, level_start_index, mask_features):
         """Fuse the last flattened level of ``memory`` into ``mask_features`` (B, C, H/4, W/4)."""
-        h, w = spatial_shapes[-1].tolist()
-        start = int(level_start_index[-1])
+        shapes = level_shapes(spatial_shapes)
+        h, w = shapes[-1]
+        start = sum(level_h * level_w for level_h, level_w in shapes[:-1])  # = level_start_index[-1]
         level = memory[:, start:start + h * w].transpose(1, 2).reshape(memory.shape[0], -1, h, w)
         upsampled = F.interpolate(level, size=mask_features.shape[-2:], mode="bilinear", align_corners=False)
         return self.mask_output_conv(mask_features + upsampled)

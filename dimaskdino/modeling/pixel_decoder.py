@@ -17,6 +17,7 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
+from ..layers.level_shapes import level_shapes
 from ..layers.ms_deform_attn import MSDeformAttn, reset_deformable_transformer
 from ..layers.position_encoding import pixel_centres, pixel_sine_embedding
 from ..layers.post_norm import add_and_norm, add_feed_forward, feed_forward_and_norm
@@ -74,7 +75,7 @@ class DeformableTransformerEncoder(nn.Module):
     @staticmethod
     def reference_points(spatial_shapes, device):
         """Pixel centres of every level, normalised: (1, S, 1, 2) (x, y)."""
-        points = [pixel_centres(h, w, device) for h, w in spatial_shapes.tolist()]
+        points = [pixel_centres(h, w, device) for h, w in level_shapes(spatial_shapes)]
         return torch.cat(points, 0)[None, :, None, :]
 
     def forward(self, maps: List[torch.Tensor], pos: List[torch.Tensor]):
@@ -272,10 +273,10 @@ class MaskDINOEncoder(nn.Module):
             maps, pos = self._encoder_inputs(features)
             tokens, spatial_shapes, level_start_index = self.encoder(maps, pos)
             b = tokens.shape[0]
-            sizes = (spatial_shapes[:, 0] * spatial_shapes[:, 1]).tolist()
+            shapes = level_shapes(spatial_shapes)
             out = [
                 t.transpose(1, 2).reshape(b, -1, h, w)
-                for t, (h, w) in zip(tokens.split(sizes, dim=1), spatial_shapes.tolist())
+                for t, (h, w) in zip(tokens.split([h * w for h, w in shapes], dim=1), shapes)
             ]
             multi_scale_features = out[: self.total_num_feature_levels]
             for idx, name in enumerate(self.fpn_features):

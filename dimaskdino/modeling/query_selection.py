@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..layers.level_shapes import level_shapes
 from ..layers.position_encoding import pixel_centres
 from .utils import gather_rows
 
@@ -27,7 +28,7 @@ def encoder_anchor_boxes(spatial_shapes, device):
         valid: (S,) bool
     """
     anchors = []
-    for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+    for lvl, (h, w) in enumerate(level_shapes(spatial_shapes)):
         centres = pixel_centres(h, w, device)
         sizes = torch.full_like(centres, 0.05) * (2.0 ** lvl)
         anchors.append(torch.cat((centres, sizes), dim=-1))

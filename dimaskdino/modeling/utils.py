@@ -4,6 +4,8 @@ from typing import List
 
 import torch
 
+from ..layers.level_shapes import spatial_shapes_tensor
+
 __all__ = ["autocast_disabled", "flatten_levels", "gather_rows"]
 
 
@@ -27,7 +29,7 @@ def flatten_levels(maps: List[torch.Tensor]):
         level_start_index: (L,) int64
     """
     tokens = torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1)
-    spatial_shapes = torch.as_tensor([m.shape[-2:] for m in maps], dtype=torch.long, device=tokens.device)
+    spatial_shapes = spatial_shapes_tensor([m.shape[-2:] for m in maps], tokens.device)
     areas = spatial_shapes[:, 0] * spatial_shapes[:, 1]
     level_start_index = torch.cat((areas.new_zeros(1), areas.cumsum(0)[:-1]))
     return tokens, spatial_shapes, level_start_index

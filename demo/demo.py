@@ -13,6 +13,10 @@ Predictions scoring at least --confidence-threshold (default 0.3, where the main
 correct detections: its scores are 0.3-0.5) are drawn. Files that cannot be read are skipped and
 listed at the end, and the demo then exits with status 1. Drawings are named after the input's
 file stem (``.png``); inputs with the same stem get ``_2``, ``_3``, ... in input order.
+
+An exported model (``tools/export_model.py``) runs in place of a config and weights:
+
+    python demo/demo.py --exported exported_dir/ --input image.jpg --output out_dir/
 """
 import argparse
 import glob
@@ -36,7 +40,9 @@ DEFAULT_CONFIDENCE_THRESHOLD = 0.3
 
 def get_parser():
     parser = argparse.ArgumentParser(description="DI-MaskDINO demo: predictions drawn on images")
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="yaml or LazyConfig .py file")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--config-file", metavar="FILE", help="yaml or LazyConfig .py file")
+    model.add_argument("--exported", metavar="DIR", help="an export folder of tools/export_model.py (or its model file)")
     parser.add_argument("--input", nargs="+", required=True, help="image files, globs or folders")
     parser.add_argument(
         "--output", required=True, help="folder for the drawings (or a file name for a single image)"
@@ -104,7 +110,12 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     setup_logger(name="fvcore")
     logger = setup_logger()
-    predictor = Predictor.from_config(args.config_file, args.opts)
+    if args.exported:
+        from dimaskdino.export import ExportedPredictor
+
+        predictor = ExportedPredictor(args.exported)
+    else:
+        predictor = Predictor.from_config(args.config_file, args.opts)
     paths = expand_inputs(args.input)
     failed = []
     for path, destination in zip(paths, output_paths(args.output, paths)):

@@ -259,3 +259,66 @@ def test_export_tool_static_size(model, tmp_path):
     assert_same_instances(predictor(image)["instances"], eager(image)["instances"])
     with pytest.raises(ValueError, match="larger than the static exported input size"):
         predictor.predict_tensor(torch.zeros(3, 128, 128, dtype=torch.uint8), (128, 128))
+
+
+def test_demo_draws_with_an_exported_model(exported, tmp_path):
+    import cv2
+
+    sys.path.insert(0, str(REPO / "demo"))
+    import demo
+
+    image = smooth_image(7, 100, 120)
+    cv2.imwrite(str(tmp_path / "in.png"), image[:, :, ::-1])
+    demo.main(["--exported", str(exported[1]), "--input", str(tmp_path / "in.png"), "--output", str(tmp_path / "out"),
+               "--confidence-threshold", "0"])
+    drawing = cv2.imread(str(tmp_path / "out" / "in.png"))
+    assert drawing is not None and drawing.shape == (100, 120, 3)
+    assert not np.array_equal(drawing[:, :, ::-1], image)  # the predictions are drawn on it
+
+
+# --------------------------------------------------------------------------------------------------
+# the pieces that make the model traceable
+
+
+def test_level_shapes_come_back_as_python_sizes():
+    from dimaskdino.layers.level_shapes import level_shapes, spatial_shapes_tensor
+
+    shapes = spatial_shapes_tensor([(16, 20), (8, 10)], "cpu")
+    assert shapes.dtype == torch.int64 and shapes.tolist() == [[16, 20], [8, 10]]
+    assert level_shapes(shapes) == [(16, 20), (8, 10)]
+    assert level_shapes(torch.tensor([[3, 4]])) == [(3, 4)]  # any other tensor is read
+    assert level_shapes([(5, 6)]) == [(5, 6)]
+
+
+@pytest.mark.skipif(not dimaskdino_layers.ms_deform_attn_backends()["cpu"], reason="needs the compiled CPU op")
+def test_reference_switch_runs_grid_sample_inside_only():
+    from dimaskdino.layers import ms_deform_attn, ms_deform_attn_reference, reference_ms_deform_attn
+
+    op_module = sys.modules["dimaskdino.layers.ms_deform_attn"]
+    g = torch.Generator().manual_seed(0)
+    shapes = torch.tensor([[4, 5], [2, 3]])
+    args = (torch.rand(1, 26, 2, 4, generator=g), shapes, torch.tensor([0, 20]),
+            torch.rand(1, 3, 2, 2, 2, 2, generator=g), torch.rand(1, 3, 2, 2, 2, generator=g))
+    calls = []
+    original = op_module.ms_deform_attn_reference
+
+    def recording(*a):
+        calls.append(1)
+        return original(*a)
+
+    op_module.ms_deform_attn_reference = recording
+    try:
+        with reference_ms_deform_attn():
+            inside = ms_deform_attn(*args)
+        assert len(calls) == 1
+        outside = ms_deform_attn(*args)
+        assert len(calls) == 1  # the compiled op again
+        with pytest.raises(RuntimeError):
+            with reference_ms_deform_attn():
+                raise RuntimeError("left the context")
+        ms_deform_attn(*args)
+        assert len(calls) == 1
+    finally:
+        op_module.ms_deform_attn_reference = original
+    assert torch.equal(inside, ms_deform_attn_reference(*args))
+    assert torch.allclose(inside, outside, atol=1e-6)

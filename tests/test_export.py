@@ -21,14 +21,15 @@ from detectron2.modeling import build_model
 import dimaskdino.modeling  # noqa: F401  (registers the model)
 from dimaskdino import layers as dimaskdino_layers
 from dimaskdino.export import (
-    SIDECAR_NAME, ExportedPredictor, InferenceNetwork, export_model, load_runner, read_sidecar,
+    SIDECAR_NAME, ExportedPredictor, InferenceNetwork, export_model, read_sidecar,
 )
 from dimaskdino.utils.config_files import load_yaml_config
 from dimaskdino.utils.visualize import Predictor
 
 REPO = Path(__file__).resolve().parents[1]
 EMBEDDED = REPO / "configs" / "embedded" / "dimaskdino_r18_embedded.yaml"
-FORMATS = ["torch_export", pytest.param("aoti", marks=pytest.mark.slow), "onnx"]
+# exporting with dynamic shapes takes over a minute for AOTInductor (C++ compilation) and ONNX on 2 cores
+FORMATS = ["torch_export", pytest.param("aoti", marks=pytest.mark.slow), pytest.param("onnx", marks=pytest.mark.slow)]
 # (batch, height, width) of the raw-output checks: two padded sizes through one exported file
 RAW_INPUTS = [(2, 128, 128), (1, 96, 160)]
 
@@ -73,10 +74,14 @@ def exported(request, model, tmp_path_factory):
     return request.param, folder
 
 
-def test_raw_outputs_equal_eager(exported, model):
-    fmt, folder = exported
-    sidecar, path = read_sidecar(str(folder))
-    run = load_runner(fmt, path)
+@pytest.fixture(scope="module")
+def exported_predictor(exported):
+    return ExportedPredictor(str(exported[1]))
+
+
+def test_raw_outputs_equal_eager(exported, exported_predictor, model):
+    fmt = exported[0]
+    sidecar, run = exported_predictor.sidecar, exported_predictor.run
     network = InferenceNetwork(model)
     for seed, (b, h, w) in enumerate(RAW_INPUTS):
         images = raw_input(seed, b, h, w)
@@ -102,9 +107,8 @@ def assert_same_instances(got, expected):
     assert iou.min() >= 0.99, f"mask IoU down to {iou.min():.4f}"
 
 
-def test_predictor_gives_the_eager_instances(exported, model):
-    fmt, folder = exported
-    predictor = ExportedPredictor(str(folder))
+def test_predictor_gives_the_eager_instances(exported_predictor, model):
+    predictor = exported_predictor
     eager = eager_predictor(model)
     # two sizes: 128x128, and 90x120 resized to 96x128 (padded 96x128)
     for seed, (h, w) in enumerate([(128, 128), (90, 120)]):
@@ -125,7 +129,7 @@ def test_sidecar_describes_the_export(exported, model):
     assert data["min_side"] == 64  # 40 first-selected queries need 8*8 + 4*4 + 2*2 >= 40 tokens: 64x64
     assert data["resize_short_edge"] == [128, 128] and data["max_detections"] == 50
     if fmt == "onnx":
-        assert data["opset"] >= 18
+        assert data["opset"] >= 18  # GridSample on 4-D inputs since opset 16; torch 2.14 writes 20
 
 
 def _run_isolated(script, *args):
@@ -210,8 +214,8 @@ def test_missing_sidecar_is_named(exported, tmp_path):
         ExportedPredictor(str(lone))
 
 
-def test_bad_images_are_refused(exported):
-    predictor = ExportedPredictor(str(exported[1]))
+def test_bad_images_are_refused(exported_predictor):
+    predictor = exported_predictor
     with pytest.raises(ValueError, match=r"\(H, W, 3\).*got shape \(64, 64, 4\)"):
         predictor(np.zeros((64, 64, 4), np.uint8))
     with pytest.raises(ValueError, match=r"\(H, W, 3\).*got shape \(64, 64\)"):

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
 
 MODELS = {
     "r50": ("configs/dimaskdino_r50_4scale_bs16_12ep.yaml", (800, 1333)),
@@ -110,7 +109,7 @@ def run_one(name, form, folder, warmup, iters):
 
 
 def child(name, form, folder, args):
-    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    env = dict(os.environ)
     if args.threads:
         env.update(OMP_NUM_THREADS=str(args.threads))
     cmd = [sys.executable, os.path.abspath(__file__), "--run-one", name, form, folder, "--warmup", str(args.warmup),

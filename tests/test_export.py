@@ -4,6 +4,7 @@ The model is the embedded main-job configuration with weights from a seed. Each 
 per module (dynamic batch, height and width); the AOTInductor export compiles C++ (minutes on 2 cores)
 and is marked slow.
 """
+import importlib.util
 import json
 import os
 import subprocess
@@ -32,6 +33,15 @@ EMBEDDED = REPO / "configs" / "embedded" / "dimaskdino_r18_embedded.yaml"
 FORMATS = ["torch_export", pytest.param("aoti", marks=pytest.mark.slow), pytest.param("onnx", marks=pytest.mark.slow)]
 # (batch, height, width) of the raw-output checks: two padded sizes through one exported file
 RAW_INPUTS = [(2, 128, 128), (1, 96, 160)]
+
+
+def load_script(relative_path):
+    """A script of the repository (tools/, demo/) as a module, to call its main() in this process."""
+    path = REPO / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem + "_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def seeded_model():
@@ -226,12 +236,12 @@ def test_bad_images_are_refused(exported_predictor):
 
 def test_unexportable_models_are_refused(model, tmp_path):
     predictor = eager_predictor(model)
-    model.sem_seg_head.predictor.return_all_stages = True
+    model.size_divisibility = 0
     try:
-        with pytest.raises(ValueError, match="return_all_stages"):
+        with pytest.raises(ValueError, match="SIZE_DIVISIBILITY resolves to 0"):
             export_model(predictor, "torch_export", str(tmp_path), dynamic=True)
     finally:
-        model.sem_seg_head.predictor.return_all_stages = False
+        model.size_divisibility = 32
     with pytest.raises(ValueError, match="only the DIMaskDINO meta-architecture"):
         InferenceNetwork(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="multiples of the size divisibility 32"):
@@ -245,8 +255,7 @@ def test_export_tool_static_size(model, tmp_path):
     predictor pads smaller images to that size and refuses larger ones."""
     from detectron2.checkpoint import DetectionCheckpointer
 
-    sys.path.insert(0, str(REPO / "tools"))
-    import export_model as tool
+    tool = load_script("tools/export_model.py")
 
     DetectionCheckpointer(model, str(tmp_path)).save("seeded")
     out = tmp_path / "out"
@@ -268,8 +277,7 @@ def test_export_tool_static_size(model, tmp_path):
 def test_demo_draws_with_an_exported_model(exported, tmp_path):
     import cv2
 
-    sys.path.insert(0, str(REPO / "demo"))
-    import demo
+    demo = load_script("demo/demo.py")
 
     image = smooth_image(7, 100, 120)
     cv2.imwrite(str(tmp_path / "in.png"), image[:, :, ::-1])

@@ -20,15 +20,12 @@ or ``dimaskdino.export.ExportedPredictor(DIR)``.
 import argparse
 import logging
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import dimaskdino.data  # noqa: E402,F401  (registers the datasets: class names)
-import dimaskdino.modeling  # noqa: E402,F401  (registers the model)
-from dimaskdino.export import FORMATS, export_model  # noqa: E402
-from dimaskdino.utils.config_files import is_lazy_config, load_config  # noqa: E402
-from dimaskdino.utils.visualize import Predictor  # noqa: E402
+import dimaskdino.data  # noqa: F401  (registers the datasets: class names)
+import dimaskdino.modeling  # noqa: F401  (registers the model)
+from dimaskdino.export import FORMATS, export_model
+from dimaskdino.utils.config_files import is_lazy_config, load_config
+from dimaskdino.utils.visualize import Predictor
 
 logger = logging.getLogger("dimaskdino.export")
 

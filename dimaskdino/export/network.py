@@ -1,7 +1,7 @@
 """The exported network: a normalised, padded image batch in, the final stage's raw head outputs out.
 
 Resizing, normalisation and padding happen before it, and post-processing
-(``dimaskdino.modeling.postprocess.instance_inference``) after it, in :class:`ExportedPredictor`.
+(``dimaskdino.modeling.postprocess.postprocess_prediction``) after it, in :class:`ExportedPredictor`.
 """
 import math
 from typing import Tuple
@@ -22,10 +22,6 @@ def check_exportable(model: nn.Module) -> None:
     if not isinstance(model, DIMaskDINO):
         raise ValueError(f"only the DIMaskDINO meta-architecture (MODEL.META_ARCHITECTURE 'DIMaskDINO' or "
                          f"'MaskDINO') can be exported, got {type(model).__name__}")
-    predictor = model.sem_seg_head.predictor
-    if getattr(predictor, "return_all_stages", False):
-        raise ValueError("sem_seg_head.predictor.return_all_stages is True (layer-wise evaluation): the exported "
-                         "network returns the final stage only; set it to False before exporting")
     if model.size_divisibility < 1:
         raise ValueError(f"MODEL.MaskDINO.SIZE_DIVISIBILITY resolves to {model.size_divisibility}: the export "
                          "needs a positive divisibility to pad images to (e.g. 32)")
@@ -53,8 +49,8 @@ class InferenceNetwork(nn.Module):
             pred_logits: (B, Q, K) class logits; pred_boxes: (B, Q, 4) sigmoid cxcywh relative to (H, W);
             pred_masks: (B, Q, H/4, W/4) mask logits
         """
-        outputs, _ = self.sem_seg_head(self.backbone(images))
-        return outputs["pred_logits"], outputs["pred_boxes"], outputs["pred_masks"]
+        final = self.sem_seg_head(self.backbone(images)).final  # a StagePrediction
+        return final.logits, final.boxes, final.masks
 
 
 def _encoder_strides(model: nn.Module):

@@ -1,6 +1,6 @@
 """``ExportedPredictor``: an exported model file + its sidecar -> detectron2 ``Instances`` for an image,
 pre-processed like ``dimaskdino.utils.visualize.Predictor`` and post-processed by the same
-``instance_inference`` as ``DIMaskDINO.inference``."""
+``postprocess_prediction`` as ``DIMaskDINO.inference``."""
 from typing import Tuple
 
 import numpy as np
@@ -11,7 +11,8 @@ from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 from detectron2.structures import ImageList, Instances
 
-from ..modeling.postprocess import instance_inference
+from ..modeling.outputs import StagePrediction
+from ..modeling.postprocess import postprocess_prediction
 from .formats import load_runner
 from .sidecar import ExportSidecar, read_sidecar
 
@@ -20,11 +21,12 @@ __all__ = ["ExportedPredictor", "instances_from_outputs"]
 
 def instances_from_outputs(outputs, index: int, padded_size, image_size, output_size,
                            sidecar: ExportSidecar) -> Instances:
-    """Instances of image ``index`` of a batch from the network's (pred_logits, pred_boxes, pred_masks)."""
+    """Instances of image ``index`` of a batch from the network's (pred_logits, pred_boxes, pred_masks), by
+    the post-processing of ``DIMaskDINO.inference`` (``postprocess_prediction``)."""
     logits, boxes, masks = outputs
-    return instance_inference(logits[index], masks[index], boxes[index], tuple(padded_size), tuple(image_size),
-                              tuple(output_size), max_detections=sidecar.max_detections,
-                              score_from_box_only=sidecar.score_from_box_only)
+    prediction = StagePrediction(logits=logits, boxes=boxes, masks=masks).image(index)
+    return postprocess_prediction(prediction, tuple(padded_size), tuple(image_size), tuple(output_size),
+                                  max_detections=sidecar.max_detections, score_from_box_only=sidecar.score_from_box_only)
 
 
 def _check_image(image) -> None:

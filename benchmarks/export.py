@@ -119,7 +119,8 @@ def child(name, form, folder, args):
 
 
 def max_differences(folder, form):
-    with np.load(os.path.join(folder, "outputs_eager.npz")) as e, np.load(os.path.join(folder, f"outputs_{form}.npz")) as g:
+    eager, exported = (os.path.join(folder, f"outputs_{f}.npz") for f in ("eager", form))
+    with np.load(eager) as e, np.load(exported) as g:
         return [float(np.abs(e[k] - g[k]).max()) for k in sorted(e.files)]
 
 

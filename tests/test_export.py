@@ -100,7 +100,8 @@ def test_raw_outputs_equal_eager(exported, exported_predictor, model):
         got = run(images)
         for name, e, g, atol in zip(sidecar.output_names, expected, got, (1e-4, 1e-4, 1e-3)):
             assert tuple(g.shape) == tuple(e.shape), name
-            assert torch.allclose(g, e, atol=atol, rtol=0), f"{fmt} {name} at {(b, h, w)}: max diff {(g - e).abs().max()}"
+            assert torch.allclose(g, e, atol=atol, rtol=0), \
+                f"{fmt} {name} at {(b, h, w)}: max diff {(g - e).abs().max()}"
 
 
 def assert_same_instances(got, expected):

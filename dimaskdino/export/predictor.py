@@ -26,7 +26,8 @@ def instances_from_outputs(outputs, index: int, padded_size, image_size, output_
     logits, boxes, masks = outputs
     prediction = StagePrediction(logits=logits, boxes=boxes, masks=masks).image(index)
     return postprocess_prediction(prediction, tuple(padded_size), tuple(image_size), tuple(output_size),
-                                  max_detections=sidecar.max_detections, score_from_box_only=sidecar.score_from_box_only)
+                                  max_detections=sidecar.max_detections,
+                                  score_from_box_only=sidecar.score_from_box_only)
 
 
 def _check_image(image) -> None:

@@ -195,7 +195,7 @@ def test_exported_file_runs_without_dimaskdino(exported, model, tmp_path):
     if fmt == "onnx":
         assert _run_isolated(ONNX_ALONE, path, str(case)).strip() == "ok"
     else:
-        library = dimaskdino_layers.ms_deform_attn._C.__file__
+        library = sys.modules["dimaskdino.layers.ms_deform_attn"]._C.__file__  # the compiled op library
         assert _run_isolated(AOTI_ALONE, path, str(case), library).strip() == "ok"
 
 
@@ -335,3 +335,19 @@ def test_reference_switch_runs_grid_sample_inside_only():
         op_module.ms_deform_attn_reference = original
     assert torch.equal(inside, ms_deform_attn_reference(*args))
     assert torch.allclose(inside, outside, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not dimaskdino_layers.ms_deform_attn_backends()["cuda"],
+                    reason="needs a GPU and dimaskdino._C built with FORCE_CUDA=1")
+def test_aoti_cuda_package_equals_eager_on_the_gpu(tmp_path):
+    model = seeded_model().cuda()
+    export_model(eager_predictor(model), "aoti", str(tmp_path), dynamic=True)
+    predictor = ExportedPredictor(str(tmp_path))
+    assert predictor.sidecar.device.startswith("cuda")
+    images = raw_input(0, 1, 96, 128).cuda()
+    with torch.no_grad():
+        expected = InferenceNetwork(model)(images)
+    for e, g, atol in zip(expected, predictor.run(images), (1e-4, 1e-4, 1e-3)):
+        assert torch.allclose(g, e, atol=atol, rtol=0)

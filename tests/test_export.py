@@ -351,3 +351,17 @@ def test_aoti_cuda_package_equals_eager_on_the_gpu(tmp_path):
         expected = InferenceNetwork(model)(images)
     for e, g, atol in zip(expected, predictor.run(images), (1e-4, 1e-4, 1e-3)):
         assert torch.allclose(g, e, atol=atol, rtol=0)
+
+
+def test_a_tracing_failure_names_the_model_code():
+    from dimaskdino.export.formats import trace
+
+    class BadAttention(torch.nn.Module):
+        def forward(self, x):  # value must be 4-D: ms_deform_attn refuses (B, S, C)
+            shapes = torch.tensor([[2, 2]])
+            return dimaskdino_layers.ms_deform_attn(x, shapes, torch.tensor([0]), torch.rand(1, 1, 1, 1, 1, 2),
+                                                    torch.rand(1, 1, 1, 1, 1))
+
+    with pytest.raises(RuntimeError, match=r"could not trace dimaskdino/layers/ms_deform_attn\.py:\d+ .*"
+                                           r"value must be \(B, S, H, D\)"):
+        trace(BadAttention(), torch.rand(1, 4, 8), None)

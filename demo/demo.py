@@ -42,7 +42,8 @@ def get_parser():
     parser = argparse.ArgumentParser(description="DI-MaskDINO demo: predictions drawn on images")
     model = parser.add_mutually_exclusive_group(required=True)
     model.add_argument("--config-file", metavar="FILE", help="yaml or LazyConfig .py file")
-    model.add_argument("--exported", metavar="DIR", help="an export folder of tools/export_model.py (or its model file)")
+    model.add_argument("--exported", metavar="DIR",
+                       help="an export folder of tools/export_model.py (or its model file)")
     parser.add_argument("--input", nargs="+", required=True, help="image files, globs or folders")
     parser.add_argument(
         "--output", required=True, help="folder for the drawings (or a file name for a single image)"

@@ -1,5 +1,7 @@
-"""build_evaluator (COCOEvaluator with or without detectron2._C) and the inference benchmark."""
+"""build_evaluator (COCOEvaluator with detectron2._C, faster-coco-eval or pycocotools) and the inference benchmark."""
 import json
+import logging
+import sys
 import time
 import types
 
@@ -9,12 +11,21 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog
 from detectron2.data.datasets import register_coco_instances
+from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation import coco_evaluation as d2_coco_evaluation
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
 import detectron2
 import dimaskdino.data  # noqa: F401
-from dimaskdino.evaluation import build_evaluator, fast_coco_eval_available, inference_with_benchmark
+from dimaskdino.evaluation import (
+    CompiledCOCOEvaluator,
+    build_evaluator,
+    coco_eval_engine,
+    fast_coco_eval_available,
+    inference_with_benchmark,
+)
+from dimaskdino.evaluation import coco as coco_module
 
 H, W = 60, 40
 # three images: two objects, one object, none
@@ -73,11 +84,12 @@ def _evaluate(name, out_dir, predictions):
     return evaluator.evaluate()
 
 
-def test_this_detectron2_has_no_fast_cocoeval_and_the_evaluator_falls_back(tiny_coco, tmp_path):
+def test_this_detectron2_has_no_fast_cocoeval_and_faster_coco_eval_is_the_engine(tiny_coco, tmp_path):
     # this project's detectron2 is built without its C++ ops: _C has no COCOeval functions
     assert not hasattr(detectron2._C, "COCOevalAccumulate")
     assert fast_coco_eval_available() is False
-    assert build_evaluator(None, tiny_coco[0], str(tmp_path))._use_fast_impl is False
+    assert coco_eval_engine() == "faster-coco-eval"
+    assert isinstance(build_evaluator(None, tiny_coco[0], str(tmp_path)), CompiledCOCOEvaluator)
 
 
 def test_fast_cocoeval_detected_when_compiled(monkeypatch):
@@ -157,3 +169,126 @@ def test_inference_with_benchmark_reports_ap_and_speed(tiny_coco, tmp_path):
     assert report.peak_memory_mb > 10 and report.peak_memory_kind == "process peak RSS"
     table = report.table()
     assert "throughput (img/s)" in table and "latency per image" in table
+
+
+# ---- the compiled engine against pycocotools: crowd regions, empty images, false positives ----
+
+CROWD_H, CROWD_W = 48, 64
+
+
+def _random_rle(rng, box):
+    """A blob inside ``box`` (x0, y0, x1, y1): the box with random pixels cleared, RLE-encoded."""
+    x0, y0, x1, y1 = box
+    m = np.zeros((CROWD_H, CROWD_W), np.uint8)
+    m[y0:y1, x0:x1] = rng.random((y1 - y0, x1 - x0)) < 0.85
+    rle = mask_util.encode(np.asfortranarray(m))
+    return {"size": [CROWD_H, CROWD_W], "counts": rle["counts"].decode()}
+
+
+def _random_box(rng):
+    x0, y0 = int(rng.integers(0, CROWD_W - 12)), int(rng.integers(0, CROWD_H - 12))
+    return x0, y0, int(rng.integers(x0 + 4, CROWD_W)), int(rng.integers(y0 + 4, CROWD_H))
+
+
+@pytest.fixture(scope="module")
+def crowd_coco(tmp_path_factory):
+    """12 images (every third without annotations), 3 classes, about 1 in 5 objects a crowd region;
+    per image, predictions near the objects plus random false positives (also on the empty images),
+    except image 11, which gets no prediction."""
+    rng = np.random.default_rng(14)
+    root = tmp_path_factory.mktemp("crowd_coco")
+    images, anns, predictions = [], [], {}
+    for image_id in range(1, 13):
+        images.append({"id": image_id, "file_name": f"{image_id}.jpg", "height": CROWD_H, "width": CROWD_W})
+        predictions[image_id] = []
+        for _ in range(0 if image_id % 3 == 0 else int(rng.integers(1, 5))):
+            box, cls = _random_box(rng), int(rng.integers(0, 3))
+            anns.append({
+                "id": len(anns) + 1, "image_id": image_id, "category_id": cls + 1, "iscrowd": int(rng.random() < 0.2),
+                "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                "area": (box[2] - box[0]) * (box[3] - box[1]), "segmentation": _random_rle(rng, box),
+            })
+            jitter = rng.integers(-3, 4, size=4)
+            near = tuple(int(np.clip(v + d, 0, lim)) for v, d, lim in zip(box, jitter, (CROWD_W, CROWD_H) * 2))
+            if near[2] > near[0] + 1 and near[3] > near[1] + 1:
+                predictions[image_id].append((near, cls if rng.random() < 0.8 else int(rng.integers(0, 3))))
+        predictions[image_id] += [(_random_box(rng), int(rng.integers(0, 3))) for _ in range(2)]
+    json_file = root / "instances.json"
+    cats = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}]
+    json_file.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    name = "crowd_coco_eval_test"
+    if name not in DatasetCatalog.list():
+        register_coco_instances(name, {}, str(json_file), str(root))
+    DatasetCatalog.get(name)  # sets the class names and the category id mapping the evaluators use
+    predictions[11] = []  # an image with objects and no prediction at all
+    assert any(a["iscrowd"] for a in anns) and not any(a["image_id"] == 12 for a in anns)
+    return name, predictions, rng
+
+
+def _run(evaluator, predictions, seed=0):
+    rng = np.random.default_rng(seed)
+    evaluator.reset()
+    for image_id, objects in predictions.items():
+        inst = Instances((CROWD_H, CROWD_W))
+        inst.pred_boxes = Boxes(torch.tensor([list(b) for b, _ in objects], dtype=torch.float32).reshape(-1, 4))
+        masks = np.zeros((len(objects), CROWD_H, CROWD_W), bool)
+        for k, (box, _) in enumerate(objects):
+            masks[k] = mask_util.decode(_random_rle(rng, box)).astype(bool)
+        inst.pred_masks = torch.from_numpy(masks)
+        inst.scores = torch.from_numpy(rng.random(len(objects)).astype(np.float32))
+        inst.pred_classes = torch.tensor([c for _, c in objects], dtype=torch.int64)
+        evaluator.process([{"image_id": image_id}], [{"instances": inst}])
+    return evaluator.evaluate()
+
+
+class _CountingCompiled(coco_module.compiled_cocoeval_class()):
+    instances = 0
+
+    def __init__(self, *args, **kwargs):
+        type(self).instances += 1
+        super().__init__(*args, **kwargs)
+
+
+def test_compiled_engine_equals_pycocotools_on_every_ap_entry(crowd_coco, tmp_path):
+    name, predictions, _ = crowd_coco
+    reference = _run(COCOEvaluator(name, tasks=("bbox", "segm"), output_dir=str(tmp_path / "ref"),
+                                   max_dets_per_image=100, use_fast_impl=False), predictions)
+    compiled = _run(build_evaluator(None, name, str(tmp_path / "compiled")), predictions)
+    for task in ("bbox", "segm"):
+        assert set(compiled[task]) == set(reference[task]) and len(reference[task]) == 6 + 3  # AP.. + per class
+        for key, value in reference[task].items():
+            assert compiled[task][key] == pytest.approx(value, abs=1e-4, nan_ok=True), (task, key)
+        assert 2 < reference[task]["AP"] < 95  # neither trivial nor perfect
+    # the spy proves the compiled class computes the numbers, and detectron2's name is restored
+    _CountingCompiled.instances = 0
+    spied = CompiledCOCOEvaluator(name, tasks=("bbox", "segm"), output_dir=str(tmp_path / "spy"),
+                                  max_dets_per_image=100, cocoeval_class=_CountingCompiled)
+    assert _run(spied, predictions)["segm"]["AP"] == pytest.approx(reference["segm"]["AP"], abs=1e-4)
+    assert _CountingCompiled.instances == 2
+    assert d2_coco_evaluation.COCOeval_opt is not _CountingCompiled
+
+
+def test_box_only_evaluator_evaluates_bbox_alone(tiny_coco, tmp_path):
+    evaluator = build_evaluator(None, tiny_coco[0], str(tmp_path), tasks=("bbox",))
+    evaluator.reset()
+    for image_id, objects in GT.items():
+        evaluator.process([{"image_id": image_id}], [_instances(objects)])
+    assert set(evaluator.evaluate()) == {"bbox"}
+
+
+def test_without_faster_coco_eval_it_falls_back_to_pycocotools_with_one_notice(tiny_coco, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "faster_coco_eval", None)  # import fails as if not installed
+    monkeypatch.setattr(coco_module, "_fallback_notice_given", False)
+    notices = []
+    handler = logging.Handler()
+    handler.emit = lambda record: notices.append(record.getMessage())
+    coco_module.logger.addHandler(handler)
+    try:
+        assert coco_eval_engine() == "pycocotools"
+        evaluators = [build_evaluator(None, tiny_coco[0], str(tmp_path)) for _ in range(2)]
+    finally:
+        coco_module.logger.removeHandler(handler)
+    assert len(notices) == 1 and "faster-coco-eval is not installed" in notices[0] and "\n" not in notices[0]
+    assert type(evaluators[0]) is COCOEvaluator and evaluators[0]._use_fast_impl is False
+    results = _evaluate(tiny_coco[0], tmp_path, {1: [((0, 0, 10, 31), 0), ((20, 5, 35, 25), 1)], 2: GT[2], 3: []})
+    assert results["segm"]["AP"] == pytest.approx(65.0)  # the hand-computed value above, by pycocotools

@@ -1,17 +1,34 @@
-"""COCO-style evaluation that works with or without detectron2's compiled ``_C``."""
+"""COCO-style evaluation with a compiled COCOeval where one is available.
+
+Three engines compute the same COCO AP, fastest first:
+
+* ``detectron2``: detectron2's own C++ ``COCOeval_opt``, when detectron2 was built with it;
+* ``faster-coco-eval``: the compiled COCOeval of the ``faster-coco-eval`` package (this project's
+  detectron2 route has no compiled ops, so this is the usual engine);
+* ``pycocotools``: the reference pure-Python COCOeval, used when neither is there.
+"""
+import contextlib
 import logging
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
+from detectron2.evaluation import coco_evaluation as d2_coco_evaluation
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_evaluator", "fast_coco_eval_available"]
+__all__ = [
+    "CompiledCOCOEvaluator",
+    "build_evaluator",
+    "coco_eval_engine",
+    "compiled_cocoeval_class",
+    "fast_coco_eval_available",
+]
 
 # detectron2/evaluation/fast_eval_api.py calls these three functions of detectron2._C
 _FAST_COCOEVAL_SYMBOLS = ("InstanceAnnotation", "COCOevalEvaluateImages", "COCOevalAccumulate")
+_fallback_notice_given = False
 
 
 def fast_coco_eval_available() -> bool:
@@ -21,6 +38,62 @@ def fast_coco_eval_available() -> bool:
     except ImportError:
         return False
     return all(hasattr(_C, symbol) for symbol in _FAST_COCOEVAL_SYMBOLS)
+
+
+def compiled_cocoeval_class():
+    """faster-coco-eval's compiled COCOeval class (pycocotools' interface), or None if not installed."""
+    try:
+        from faster_coco_eval import COCOeval_faster
+    except ImportError:
+        return None
+    return COCOeval_faster
+
+
+def coco_eval_engine() -> str:
+    """The COCOeval engine ``build_evaluator`` uses: "detectron2", "faster-coco-eval" or "pycocotools"."""
+    if fast_coco_eval_available():
+        return "detectron2"
+    if compiled_cocoeval_class() is not None:
+        return "faster-coco-eval"
+    return "pycocotools"
+
+
+def _notice_pycocotools_fallback() -> None:
+    global _fallback_notice_given
+    if not _fallback_notice_given:
+        _fallback_notice_given = True
+        logger.warning(
+            "faster-coco-eval is not installed: evaluating with pycocotools' COCOeval "
+            "(same AP, several times slower; `pip install faster-coco-eval`)."
+        )
+
+
+@contextlib.contextmanager
+def _detectron2_fast_cocoeval_replaced_by(cocoeval_class):
+    """detectron2's COCOEvaluator instantiates ``coco_evaluation.COCOeval_opt`` when its fast path
+    is on: point that name at ``cocoeval_class`` for the duration of one evaluation."""
+    previous = d2_coco_evaluation.COCOeval_opt
+    d2_coco_evaluation.COCOeval_opt = cocoeval_class
+    try:
+        yield
+    finally:
+        d2_coco_evaluation.COCOeval_opt = previous
+
+
+class CompiledCOCOEvaluator(COCOEvaluator):
+    """detectron2's COCOEvaluator (same arguments, same results dict) computing AP with a compiled
+    COCOeval class that has pycocotools' interface (default: faster-coco-eval's)."""
+
+    def __init__(self, *args, cocoeval_class=None, **kwargs):
+        kwargs["use_fast_impl"] = True  # detectron2's switch to the class installed below
+        super().__init__(*args, **kwargs)
+        self._cocoeval_class = cocoeval_class or compiled_cocoeval_class()
+        if self._cocoeval_class is None:
+            raise ImportError("CompiledCOCOEvaluator needs faster-coco-eval: `pip install faster-coco-eval`")
+
+    def _eval_predictions(self, predictions, img_ids=None):
+        with _detectron2_fast_cocoeval_replaced_by(self._cocoeval_class):
+            super()._eval_predictions(predictions, img_ids=img_ids)
 
 
 def _prepare_annotation_file(dataset_name: str) -> None:
@@ -46,21 +119,7 @@ def _prepare_annotation_file(dataset_name: str) -> None:
         DatasetCatalog.get(dataset_name)
 
 
-def build_evaluator(
-    cfg, dataset_name: str, output_dir: Optional[str] = None, *, max_dets_per_image: Optional[int] = None
-) -> DatasetEvaluator:
-    """
-    detectron2's COCOEvaluator for box and mask AP on ``dataset_name``, using the fast C++
-    COCOeval only where detectron2._C provides it (pycocotools' COCOeval otherwise: the same
-    numbers, slower).
-
-    Args:
-        cfg: a yacs CfgNode (reads OUTPUT_DIR) or None (LazyConfig files, tests).
-        output_dir: where predictions and the converted COCO json are written; default
-            ``cfg.OUTPUT_DIR/inference``.
-        max_dets_per_image: COCOeval's detection limit; default 100, the standard COCO AP
-            (a model keeping fewer detections per image is evaluated on all of them).
-    """
+def _check_dataset(dataset_name: str) -> None:
     if dataset_name not in DatasetCatalog.list():
         raise KeyError(
             f"Dataset '{dataset_name}' is not registered; registered datasets: "
@@ -72,17 +131,39 @@ def build_evaluator(
             f"Dataset '{dataset_name}' has evaluator_type '{evaluator_type}'; dimaskdino "
             "evaluates instance segmentation datasets (evaluator_type 'coco')."
         )
+
+
+def build_evaluator(
+    cfg,
+    dataset_name: str,
+    output_dir: Optional[str] = None,
+    *,
+    max_dets_per_image: Optional[int] = None,
+    tasks: Sequence[str] = ("bbox", "segm"),
+) -> DatasetEvaluator:
+    """
+    detectron2's COCOEvaluator for box and mask AP on ``dataset_name``, with the fastest COCOeval
+    engine available (:func:`coco_eval_engine`; all give pycocotools' numbers).
+
+    Args:
+        cfg: a yacs CfgNode (reads OUTPUT_DIR) or None (LazyConfig files, tests).
+        output_dir: where predictions and the converted COCO json are written; default
+            ``cfg.OUTPUT_DIR/inference``.
+        max_dets_per_image: COCOeval's detection limit; default 100, the standard COCO AP
+            (a model keeping fewer detections per image is evaluated on all of them).
+        tasks: the COCO tasks to evaluate ("bbox" alone for predictions without masks).
+    """
+    _check_dataset(dataset_name)
     if output_dir is None:
         output_dir = os.path.join(cfg.OUTPUT_DIR, "inference") if cfg is not None else None
     _prepare_annotation_file(dataset_name)
-    use_fast_impl = fast_coco_eval_available()
-    if not use_fast_impl:
-        logger.info("detectron2._C has no fast COCOeval: evaluating with pycocotools' COCOeval.")
-    return COCOEvaluator(
-        dataset_name,
-        tasks=("bbox", "segm"),
-        distributed=True,
-        output_dir=output_dir,
-        max_dets_per_image=max_dets_per_image or 100,
-        use_fast_impl=use_fast_impl,
+    options = dict(
+        tasks=tuple(tasks), distributed=True, output_dir=output_dir, max_dets_per_image=max_dets_per_image or 100
     )
+    engine = coco_eval_engine()
+    if engine == "detectron2":
+        return COCOEvaluator(dataset_name, use_fast_impl=True, **options)
+    if engine == "faster-coco-eval":
+        return CompiledCOCOEvaluator(dataset_name, **options)
+    _notice_pycocotools_fallback()
+    return COCOEvaluator(dataset_name, use_fast_impl=False, **options)

@@ -27,7 +27,7 @@ from detectron2.structures import Instances
 from detectron2.utils.logger import log_every_n_seconds
 
 from ..modeling.outputs import stage_names
-from .coco import build_evaluator, fast_coco_eval_available
+from .coco import build_evaluator
 
 __all__ = [
     "Stage",
@@ -99,13 +99,8 @@ def build_stage_evaluators(cfg, dataset_name: str, stages: Sequence[Stage], outp
     evaluators = OrderedDict()
     for stage in stages:
         stage_dir = os.path.join(output_dir, stage.name) if output_dir else None
-        if stage.has_masks:
-            evaluators[stage.name] = build_evaluator(cfg, dataset_name, stage_dir)
-        else:
-            evaluators[stage.name] = COCOEvaluator(
-                dataset_name, tasks=("bbox",), distributed=True, output_dir=stage_dir,
-                max_dets_per_image=100, use_fast_impl=fast_coco_eval_available(),
-            )
+        tasks = ("bbox", "segm") if stage.has_masks else ("bbox",)
+        evaluators[stage.name] = build_evaluator(cfg, dataset_name, stage_dir, tasks=tasks)
     return evaluators
 
 

@@ -92,6 +92,8 @@ class CompiledCOCOEvaluator(COCOEvaluator):
             raise ImportError("CompiledCOCOEvaluator needs faster-coco-eval: `pip install faster-coco-eval`")
 
     def _eval_predictions(self, predictions, img_ids=None):
+        engine = f"{self._cocoeval_class.__module__}.{self._cocoeval_class.__name__}"
+        self._logger.info(f"COCOeval engine: {engine} (compiled, pycocotools' definitions)")
         with _detectron2_fast_cocoeval_replaced_by(self._cocoeval_class):
             super()._eval_predictions(predictions, img_ids=img_ids)
 

@@ -3,10 +3,8 @@ during the second run's training and resumed; and its summary arithmetic by hand
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -15,6 +13,7 @@ from dimaskdino.data.datasets.embedded import EMBEDDED_VERSION, generate_embedde
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import ablation  # noqa: E402
+from test_train_net import kill_when_checkpointed  # noqa: E402
 
 # the main job's config made tiny: 64x64 inputs, 2 images per batch, 2 decoder layers, 8 iterations
 TINY = [
@@ -42,16 +41,6 @@ def _env(cache):
     return dict(os.environ, DIMASKDINO_CACHE=cache, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
 
 
-def _stop_when_checkpointed(proc, last_checkpoint, timeout=500):
-    """Kill the study (its whole process group) as soon as ``last_checkpoint`` exists."""
-    deadline = time.time() + timeout
-    while not os.path.isfile(last_checkpoint) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the study ended before it could be stopped"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
 def _iterations(run_dir):
     with open(os.path.join(run_dir, "metrics.json")) as f:
         return [json.loads(line)["iteration"] for line in f if "total_loss" in line]
@@ -63,7 +52,7 @@ def test_tiny_study_runs_end_to_end_and_resumes_after_a_stop(small_embedded, tmp
     first, second = os.path.join(out, "dimaskdino", "seed3"), os.path.join(out, "maskdino", "seed3")
     proc = subprocess.Popen(_command(out), env=_env(small_embedded), cwd=REPO, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _stop_when_checkpointed(proc, os.path.join(second, "last_checkpoint"))
+    assert kill_when_checkpointed(proc, second, timeout=500), "the study ended before it could be stopped"
     assert os.path.isfile(os.path.join(first, "layerwise.json"))  # the first run was finished
     assert not os.path.isfile(os.path.join(second, "model_final.pth"))  # the second one was not
     finished_mtime = os.path.getmtime(os.path.join(first, "model_final.pth"))

@@ -18,7 +18,7 @@ import torch
 
 from dimaskdino.engine.launch import cluster_environment
 from dimaskdino.evaluation.benchmark import combine_reports
-from test_train_net import FAST, YAML, _env, _metrics, cache  # noqa: F401  (cache is a fixture)
+from test_train_net import FAST, YAML, _env, _metrics, cache, kill_when_checkpointed  # noqa: F401  (cache: a fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, "tests", "distributed_worker.py")
@@ -198,16 +198,8 @@ def test_two_processes_killed_then_resumed_continue_after_the_checkpoint(cache, 
             "OUTPUT_DIR", out_dir]
     proc = subprocess.Popen(args, env=_env_cpu(cache), cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    last = os.path.join(out_dir, "last_checkpoint")
-    deadline = time.time() + 600
-    try:
-        while not os.path.isfile(last) and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.1)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks
-        proc.wait()
-    assert os.path.isfile(last), "no checkpoint was written before the deadline"
-    with open(last) as f:
+    kill_when_checkpointed(proc, out_dir, timeout=600)  # the launcher and both ranks
+    with open(os.path.join(out_dir, "last_checkpoint")) as f:
         assert f.read().strip() == "model_0000005.pth"
     assert not os.path.isfile(os.path.join(out_dir, "model_final.pth"))
 

@@ -123,6 +123,26 @@ def test_lazy_config_training(cache, tmp_path):
     assert all(np.isfinite(m["total_loss"]) for m in rows)
 
 
+def kill_when_checkpointed(proc, output_dir: str, timeout: float) -> bool:
+    """SIGKILL ``proc``'s process group (started with ``start_new_session=True``: a launcher, its
+    ranks and data-loader workers) as soon as ``output_dir/last_checkpoint`` exists.
+
+    Returns whether the process was still running when it was killed; fails if no checkpoint was
+    written within ``timeout`` seconds."""
+    last = os.path.join(output_dir, "last_checkpoint")
+    deadline = time.time() + timeout
+    try:
+        while not os.path.isfile(last) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        running = proc.poll() is None
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert os.path.isfile(last), "no checkpoint was written before the deadline"
+    return running
+
+
 @pytest.mark.slow
 def test_resume_after_kill_continues_at_the_next_iteration(cache, tmp_path):
     out_dir = str(tmp_path / "resume")
@@ -130,18 +150,10 @@ def test_resume_after_kill_continues_at_the_next_iteration(cache, tmp_path):
             "OUTPUT_DIR", out_dir]
     proc = subprocess.Popen(
         [sys.executable, os.path.join(REPO, "train_net.py")] + args,
-        env=_env(cache), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=_env(cache), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
-    last = os.path.join(out_dir, "last_checkpoint")
-    deadline = time.time() + 500
-    try:
-        while not os.path.isfile(last) and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.1)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert os.path.isfile(last), "no checkpoint was written before the deadline"
-    with open(last) as f:
+    kill_when_checkpointed(proc, out_dir, timeout=500)
+    with open(os.path.join(out_dir, "last_checkpoint")) as f:
         checkpoint = f.read().strip()
     assert checkpoint == "model_0000021.pth"
     before = _metrics(out_dir)

@@ -9,8 +9,10 @@ objects per image (COCO val2017: 36781 objects in 5000 images) with COCO's mix o
 (an ellipse with jittered radii). Each image gets 100 detections with RLE masks: a jittered copy of
 every object (sometimes with the wrong class) and random polygons for the rest.
 
-Each engine runs what ``COCOEvaluator`` runs per task: ``loadRes`` of the detections on the ground
-truth, then ``evaluate``, ``accumulate`` and ``summarize``. The script prints wall and process CPU
+Each engine runs what its evaluator runs per task: ``loadRes`` of the detections on the ground
+truth (pycocotools' for pycocotools, as in detectron2's ``COCOEvaluator``; the batched
+``BatchedResultsCOCO.loadRes`` for the compiled engine, as in our ``CompiledCOCOEvaluator``), then
+``evaluate``, ``accumulate`` and ``summarize``. The script prints wall and process CPU
 seconds per engine and task, the ratios pycocotools / compiled, and the largest difference between
 their 12 summary numbers (AP and AR).
 """
@@ -28,7 +30,7 @@ from pycocotools.cocoeval import COCOeval
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dimaskdino.evaluation.coco import compiled_cocoeval_class  # noqa: E402
+from dimaskdino.evaluation.coco import BatchedResultsCOCO, compiled_cocoeval_class  # noqa: E402
 
 NUM_CLASSES = 80
 # object side lengths (sqrt of area) drawn per size bin, with COCO val's share of each bin
@@ -127,6 +129,8 @@ def evaluate(cocoeval_class, coco_gt, results, task):
         results = [dict(r) for r in results]
     start, start_cpu = time.perf_counter(), time.process_time()
     with contextlib.redirect_stdout(io.StringIO()):
+        if cocoeval_class is not COCOeval:
+            coco_gt = BatchedResultsCOCO.sharing(coco_gt)
         coco_eval = cocoeval_class(coco_gt, coco_gt.loadRes(results), task)
         coco_eval.evaluate()
         coco_eval.accumulate()

@@ -292,3 +292,43 @@ def test_without_faster_coco_eval_it_falls_back_to_pycocotools_with_one_notice(t
     assert type(evaluators[0]) is COCOEvaluator and evaluators[0]._use_fast_impl is False
     results = _evaluate(tiny_coco[0], tmp_path, {1: [((0, 0, 10, 31), 0), ((20, 5, 35, 25), 1)], 2: GT[2], 3: []})
     assert results["segm"]["AP"] == pytest.approx(65.0)  # the hand-computed value above, by pycocotools
+
+
+def test_batched_load_res_equals_pycocotools_past_the_chunk_size():
+    """BatchedResultsCOCO.loadRes (batched C calls, chunks of 255 masks) gives pycocotools' result
+    object for 600 mask results on 3 images: same annotations (area, box, id, iscrowd, types) and index."""
+    import copy
+
+    from pycocotools.coco import COCO
+
+    from dimaskdino.evaluation.coco import BatchedResultsCOCO
+
+    rng = np.random.default_rng(0)
+    gt = COCO()
+    gt.dataset = {
+        "images": [{"id": i, "height": 40, "width": 50} for i in (1, 2, 3)],
+        "annotations": [], "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+    }
+    gt.createIndex()
+    results = []
+    for index in range(600):
+        mask = np.zeros((40, 50), np.uint8, order="F")
+        x, y = rng.integers(0, 40, 2)
+        mask[y:y + rng.integers(1, 15), x:x + rng.integers(1, 15)] = 1
+        rle = mask_util.encode(mask)
+        rle["counts"] = rle["counts"].decode("ascii")
+        results.append({"image_id": int(index % 3) + 1, "category_id": int(index % 2) + 1,
+                        "score": float(rng.random()), "segmentation": rle})
+    expected = gt.loadRes(copy.deepcopy(results))
+    batched = BatchedResultsCOCO.sharing(gt).loadRes(copy.deepcopy(results))
+    assert expected.getAnnIds() == batched.getAnnIds()
+    for ann_id in expected.getAnnIds():
+        a, b = expected.anns[ann_id], batched.anns[ann_id]
+        assert a.keys() == b.keys()
+        assert a["area"] == b["area"] and type(a["area"]) is type(b["area"])
+        np.testing.assert_array_equal(a["bbox"], b["bbox"])
+        assert (a["id"], a["iscrowd"], a["image_id"], a["category_id"]) == (b["id"], b["iscrowd"], b["image_id"], b["category_id"])
+    assert expected.imgToAnns.keys() == batched.imgToAnns.keys()
+    assert dict(expected.catToImgs) == dict(batched.catToImgs)
+    with pytest.raises(ValueError, match="image ids not in the ground truth"):
+        BatchedResultsCOCO.sharing(gt).loadRes([dict(results[0], image_id=9)])

@@ -248,11 +248,22 @@ def test_trainer_stops_on_nan_loss_naming_term_and_iteration(tmp_path):
         _TrainerTestModel.NAN_AT = -1
 
 
-def test_amp_on_cpu_is_a_clear_error(tmp_path):
-    cfg = _trainer_cfg(tmp_path, max_iter=1)
+def test_amp_on_cpu_trains_under_bfloat16_autocast(tmp_path):
+    """SOLVER.AMP.ENABLED on the CPU: detectron2's SimpleTrainer (its AMPTrainer needs CUDA) with
+    the forward pass under bfloat16 autocast; the config still says AMP; the weights stay float32."""
+    from detectron2.engine import AMPTrainer
+
+    _TrainerTestModel.NAN_AT = -1
+    cfg = _trainer_cfg(tmp_path, max_iter=2)
     cfg.SOLVER.AMP.ENABLED = True
-    with pytest.raises(ValueError, match="SOLVER.AMP.ENABLED"):
-        DIMaskDINOTrainer(cfg)
+    trainer = DIMaskDINOTrainer(cfg)
+    assert not isinstance(trainer._trainer, AMPTrainer) and trainer.cfg.SOLVER.AMP.ENABLED
+    seen = []
+    trainer.model.backbone.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert trainer.iter == 2 and seen and set(seen) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
 
 
 def test_build_evaluator_delegates_to_the_project_evaluator(tmp_path, monkeypatch):

@@ -8,12 +8,9 @@ def cuda_visible() -> bool:
     return torch.cuda.is_available()
 
 
-def check_device(device: str, key: str, amp: bool = False, amp_key: str = "") -> None:
-    """Fail early, naming the config key, when a CUDA device is asked for but none is visible, or
-    when mixed precision is asked for off CUDA."""
+def check_device(device: str, key: str) -> None:
+    """Fail early, naming the config key, when a CUDA device is asked for but none is visible.
+    (Mixed precision needs no check: it runs on either device, see ``engine/precision.py``.)"""
     device = str(device)
     if device.startswith("cuda") and not cuda_visible():
         raise RuntimeError(f"{key} is '{device}' but no CUDA device is visible; set {key} to 'cpu'.")
-    if amp and not device.startswith("cuda"):
-        raise ValueError(f"{amp_key}=True needs a CUDA device, but {key}={device!r}; set {amp_key} to False "
-                         "to train on the CPU.")

@@ -21,7 +21,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode, LazyConfig, instantiate
-from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
+from detectron2.engine import default_writers, hooks
 from detectron2.evaluation import print_csv_format, verify_results
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
@@ -38,6 +38,7 @@ from ..utils.config_files import is_lazy_config, load_lazy_config, load_yaml_con
 from ..utils.weights import check_weights_file, load_weights
 from .ddp import create_ddp_model, with_statistics_hook
 from .devices import check_device
+from .precision import build_train_loop
 from .train_loop import add_finite_loss_check
 from .trainer import DIMaskDINOTrainer
 
@@ -56,7 +57,7 @@ class YamlRun:
         self.cfg = cfg
         self.output_dir, self.seed = cfg.OUTPUT_DIR, cfg.SEED
         self.device, self.device_key = cfg.MODEL.DEVICE, "MODEL.DEVICE"
-        self.amp, self.amp_key = cfg.SOLVER.AMP.ENABLED, "SOLVER.AMP.ENABLED"
+        self.amp = cfg.SOLVER.AMP.ENABLED
         self.weights, self.weights_key = cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS"
         self.cudnn_benchmark = cfg.CUDNN_BENCHMARK
 
@@ -100,7 +101,7 @@ class LazyRun:
         train = cfg.train
         self.output_dir, self.seed = train.output_dir, train.get("seed", -1)
         self.device, self.device_key = str(train.device), "train.device"
-        self.amp, self.amp_key = bool(train.amp.enabled), "train.amp.enabled"
+        self.amp = bool(train.amp.enabled)
         self.weights, self.weights_key = train.init_checkpoint, "train.init_checkpoint"
         self.cudnn_benchmark = bool(train.get("cudnn_benchmark", False))
 
@@ -141,13 +142,13 @@ class LazyRun:
         pass  # LazyConfig files have no expected results
 
     def train(self, resume: bool):
-        """detectron2's SimpleTrainer (AMPTrainer with train.amp.enabled) with the finite-loss check,
+        """detectron2's SimpleTrainer (AMPTrainer with train.amp.enabled on CUDA, bfloat16 autocast on the CPU) with the finite-loss check,
         our checkpointer and the hooks below, from iteration 0 or the one after the last checkpoint."""
         model = self.build_model()
         logger.info(f"Model:\n{model}")
         optimizer = self.build_optimizer(model)
         model = create_ddp_model(model, **self.cfg.train.ddp)
-        trainer = (AMPTrainer if self.amp else SimpleTrainer)(model, self.build_train_loader(), optimizer)
+        trainer = build_train_loop(model, self.build_train_loader(), optimizer, self.amp, self.device)
         add_finite_loss_check(trainer, model)
         checkpointer = DIMaskDINOCheckpointer(model, self.output_dir, trainer=trainer)
         trainer.register_hooks(with_statistics_hook(self._hooks(checkpointer, model), model))
@@ -205,7 +206,7 @@ def check_run(run, eval_only: bool) -> None:
     """Fail before any work on bad run settings (batch size, types), a bad device, a dataset problem
     (class count, missing files, bad annotations) or a missing weight file."""
     check_config_values(run.cfg, training=not eval_only, world_size=comm.get_world_size())
-    check_device(run.device, run.device_key, amp=run.amp and not eval_only, amp_key=run.amp_key)
+    check_device(run.device, run.device_key)
     run.check_datasets(eval_only)
     check_weights_file(run.weights, run.weights_key)
 

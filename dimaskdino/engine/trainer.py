@@ -14,6 +14,7 @@ from ..data.resume import continue_data_stream
 from .ddp import ddp_on_any_device, with_statistics_hook
 from .devices import check_device
 from .optimizer import build_optimizer_from_cfg
+from .precision import add_cpu_autocast, uses_cpu_autocast
 from .train_loop import add_finite_loss_check
 
 __all__ = ["DIMaskDINOTrainer"]
@@ -29,9 +30,15 @@ class DIMaskDINOTrainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
-        check_device(cfg.MODEL.DEVICE, "MODEL.DEVICE", amp=cfg.SOLVER.AMP.ENABLED, amp_key="SOLVER.AMP.ENABLED")
+        check_device(cfg.MODEL.DEVICE, "MODEL.DEVICE")
+        cpu_amp = uses_cpu_autocast(cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE)
+        if cpu_amp:  # DefaultTrainer would build detectron2's CUDA-only AMPTrainer
+            cfg = _with_amp(cfg, False)
         with ddp_on_any_device():  # DefaultTrainer wraps the model for several processes
             super().__init__(cfg)
+        if cpu_amp:
+            add_cpu_autocast(self._trainer.model)
+            self.cfg = _with_amp(self.cfg, True)
         add_finite_loss_check(self, self.model)
 
     def build_hooks(self):
@@ -91,3 +98,12 @@ class DIMaskDINOTrainer(DefaultTrainer):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
         return build_evaluator(cfg, dataset_name, output_folder)
+
+
+def _with_amp(cfg, enabled: bool):
+    """A frozen copy of ``cfg`` with SOLVER.AMP.ENABLED set to ``enabled``."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.SOLVER.AMP.ENABLED = enabled
+    cfg.freeze()
+    return cfg

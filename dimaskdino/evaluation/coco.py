@@ -8,17 +8,22 @@ Three engines compute the same COCO AP, fastest first:
 * ``pycocotools``: the reference pure-Python COCOeval, used when neither is there.
 """
 import contextlib
+import copy
 import logging
 import os
-from typing import Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
+import numpy as np
+import pycocotools.mask as mask_util
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 from detectron2.evaluation import coco_evaluation as d2_coco_evaluation
+from pycocotools.coco import COCO
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "BatchedResultsCOCO",
     "CompiledCOCOEvaluator",
     "build_evaluator",
     "coco_eval_engine",
@@ -80,6 +85,56 @@ def _detectron2_fast_cocoeval_replaced_by(cocoeval_class):
         d2_coco_evaluation.COCOeval_opt = previous
 
 
+# pycocotools' batched area()/toBbox() overflow past 255 masks in one call (numpy uint8 shape bug)
+_RLE_CHUNK = 255
+
+
+def _areas_and_boxes(rles: List[Dict]):
+    """(N,) uint32 areas and (N, 4) float64 XYWH boxes of compressed RLEs, in chunks of C calls."""
+    chunks = [rles[i:i + _RLE_CHUNK] for i in range(0, len(rles), _RLE_CHUNK)]
+    areas = np.concatenate([mask_util.area(chunk) for chunk in chunks])
+    boxes = np.concatenate([mask_util.toBbox(chunk) for chunk in chunks])
+    return areas, boxes
+
+
+class BatchedResultsCOCO(COCO):
+    """pycocotools' COCO whose ``loadRes`` of mask results computes the masks' areas and boxes in a
+    few batched C calls instead of two calls per detection (the slowest Python part of a segm
+    evaluation: 100k detections on COCO val). Every other kind of result goes to pycocotools'
+    ``loadRes``; the result object is the same (same fields, values and types)."""
+
+    @classmethod
+    def sharing(cls, coco: COCO) -> "BatchedResultsCOCO":
+        """A view of ``coco`` (same dataset and index, not copied) with the batched ``loadRes``."""
+        view = cls.__new__(cls)
+        view.__dict__.update(coco.__dict__)
+        return view
+
+    def loadRes(self, resFile):  # noqa: N802 (pycocotools' name)
+        anns = resFile
+        if not (isinstance(anns, list) and anns and "segmentation" in anns[0]
+                and "caption" not in anns[0] and not anns[0].get("bbox")):
+            return super().loadRes(resFile)
+        unknown = {ann["image_id"] for ann in anns} - set(self.getImgIds())
+        if unknown:
+            raise ValueError(f"Results hold image ids not in the ground truth: {sorted(unknown)[:5]}")
+        areas, boxes = _areas_and_boxes([ann["segmentation"] for ann in anns])
+        for index, (ann, area, box) in enumerate(zip(anns, areas, boxes)):
+            ann["area"] = area
+            if "bbox" not in ann:
+                ann["bbox"] = box
+            ann["id"] = index + 1
+            ann["iscrowd"] = 0
+        results = COCO()
+        results.dataset["info"] = copy.deepcopy(self.dataset.get("info", {}))
+        results.dataset["images"] = list(self.dataset["images"])
+        results.dataset["categories"] = copy.deepcopy(self.dataset["categories"])
+        results.dataset["annotations"] = anns
+        with contextlib.redirect_stdout(None):
+            results.createIndex()
+        return results
+
+
 class CompiledCOCOEvaluator(COCOEvaluator):
     """detectron2's COCOEvaluator (same arguments, same results dict) computing AP with a compiled
     COCOeval class that has pycocotools' interface (default: faster-coco-eval's)."""
@@ -90,6 +145,7 @@ class CompiledCOCOEvaluator(COCOEvaluator):
         self._cocoeval_class = cocoeval_class or compiled_cocoeval_class()
         if self._cocoeval_class is None:
             raise ImportError("CompiledCOCOEvaluator needs faster-coco-eval: `pip install faster-coco-eval`")
+        self._coco_api = BatchedResultsCOCO.sharing(self._coco_api)
 
     def _eval_predictions(self, predictions, img_ids=None):
         engine = f"{self._cocoeval_class.__module__}.{self._cocoeval_class.__name__}"

@@ -134,8 +134,9 @@ class DeformableDecoder(nn.Module):
         for layer in self.layers[state.next_layer:state.next_layer + num_layers]:
             query_pos = self.position_queries(state)
             with autocast_disabled(state.queries.device):
-                queries = layer(state.queries, query_pos, state.reference, memory.tokens, memory.spatial_shapes,
-                                memory.level_start_index, self_attn_mask)
+                queries = layer(state.queries.float(), query_pos.float(), state.reference.float(),
+                                memory.tokens.float(), memory.spatial_shapes, memory.level_start_index,
+                                self_attn_mask)
             refined = (box_head(queries) + inverse_sigmoid(state.reference)).sigmoid()
             state = DecoderState(queries, refined.detach(), state.hidden_states + [norm(queries)],
                                  state.references + [refined])

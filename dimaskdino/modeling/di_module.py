@@ -80,7 +80,9 @@ class DeImbalanceModule(nn.Module):
                 f"FIRST_SELECTED_QUERIES ({tokens.shape[1]}) must be >= NUM_OBJECT_QUERIES ({self.num_selected})"
             )
         with autocast_disabled(tokens.device):
-            reference = boxes_unsigmoid.sigmoid()
+            # under mixed precision the selected tokens arrive in the reduced dtype
+            tokens = tokens.float()
+            reference = boxes_unsigmoid.float().sigmoid()
             layer_outputs, layer_boxes = [], []
             for layer in self.layers:
                 query_pos = self.ref_point_head(box_sine_embedding(reference, self.d_model // 2))

@@ -329,6 +329,8 @@ def test_batched_load_res_equals_pycocotools_past_the_chunk_size():
         np.testing.assert_array_equal(a["bbox"], b["bbox"])
         assert (a["id"], a["iscrowd"], a["image_id"], a["category_id"]) == (b["id"], b["iscrowd"], b["image_id"], b["category_id"])
     assert expected.imgToAnns.keys() == batched.imgToAnns.keys()
+    for img_ids, cat_ids in (([1, 2, 3], [1, 2]), ([3, 1], [2]), ([], [2, 1]), ([2], [])):
+        assert expected.getAnnIds(imgIds=img_ids, catIds=cat_ids) == batched.getAnnIds(imgIds=img_ids, catIds=cat_ids)
     assert dict(expected.catToImgs) == dict(batched.catToImgs)
     with pytest.raises(ValueError, match="image ids not in the ground truth"):
         BatchedResultsCOCO.sharing(gt).loadRes([dict(results[0], image_id=9)])

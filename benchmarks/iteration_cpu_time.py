@@ -2,6 +2,7 @@
 
     python benchmarks/iteration_cpu_time.py                             # the main job's config
     python benchmarks/iteration_cpu_time.py --variant "INPUT.IMAGE_SIZE 96" --variant "SOLVER.IMS_PER_BATCH 4"
+    python benchmarks/iteration_cpu_time.py --variant "SOLVER.AMP.ENABLED False"   # float32 vs bfloat16
 
 On a shared machine wall time depends on the other jobs; the CPU time a single-threaded process
 spends per iteration does much less, and is what an idle core would take. Every variant (KEY VALUE
@@ -23,6 +24,7 @@ sys.path.insert(0, REPO_ROOT)
 import dimaskdino.data  # noqa: E402,F401  (registers the datasets)
 import dimaskdino.modeling  # noqa: E402,F401  (registers the model)
 from dimaskdino.engine import DIMaskDINOTrainer  # noqa: E402
+from dimaskdino.engine.precision import add_cpu_autocast, uses_cpu_autocast  # noqa: E402
 from dimaskdino.utils.config_files import load_yaml_config  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "embedded", "dimaskdino_r18_embedded.yaml")
@@ -33,6 +35,8 @@ def cpu_ms_per_iteration(config_file, overrides, warmup, iters):
     torch.manual_seed(0)
     model = DIMaskDINOTrainer.build_model(cfg)
     model.train()
+    if uses_cpu_autocast(cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE):  # as the trainer: bfloat16 forward
+        add_cpu_autocast(model)
     optimizer = DIMaskDINOTrainer.build_optimizer(cfg, model)
     batches = iter(DIMaskDINOTrainer.build_train_loader(cfg))
     for index in range(warmup + iters):

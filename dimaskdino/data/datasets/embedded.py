@@ -19,6 +19,7 @@ builds the dataset in a temporary folder that is renamed into place only when co
 import contextlib
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import tempfile
@@ -210,26 +211,41 @@ def _mask_annotation(mask: np.ndarray) -> Dict:
     }
 
 
-def _generate_split(out_dir: str, split: str, num_images: int, spec: ShapesSpec) -> Dict:
-    """Writes ``out_dir/<split>/*.png`` and returns the COCO dict of the split."""
+def _render_image(job) -> Tuple[Dict, List[Dict]]:
+    """Render image ``index`` of a split and write its PNG; returns its COCO image record and its
+    annotations (without ids). One independent random stream per image, so the output does not
+    depend on which process renders which image, or in what order."""
+    out_dir, split, index, spec = job
+    rng = np.random.default_rng([spec.seed, _SPLIT_SEEDS[split], index])
+    image, instances = _place_shapes(rng, spec)
+    file_name = f"{split}/{index:06d}.png"
+    if not cv2.imwrite(os.path.join(out_dir, file_name), image[:, :, ::-1]):
+        raise OSError(f"could not write image {os.path.join(out_dir, file_name)}")
+    image_id = index + 1
+    record = {"id": image_id, "file_name": file_name, "height": spec.image_size, "width": spec.image_size}
+    annotations = []
+    for cls_idx, mask in instances:
+        ann = _mask_annotation(mask)
+        ann.update(image_id=image_id, category_id=cls_idx + 1)
+        annotations.append(ann)
+    return record, annotations
+
+
+def _generate_split(out_dir: str, split: str, num_images: int, spec: ShapesSpec, processes: int = 1) -> Dict:
+    """Writes ``out_dir/<split>/*.png`` (on ``processes`` processes) and returns the COCO dict of
+    the split."""
     os.makedirs(os.path.join(out_dir, split), exist_ok=True)
-    images, annotations = [], []
-    for index in range(num_images):
-        # one independent stream per image: output does not depend on generation order
-        rng = np.random.default_rng([spec.seed, _SPLIT_SEEDS[split], index])
-        image, instances = _place_shapes(rng, spec)
-        file_name = f"{split}/{index:06d}.png"
-        ok = cv2.imwrite(os.path.join(out_dir, file_name), image[:, :, ::-1])
-        if not ok:
-            raise OSError(f"could not write image {os.path.join(out_dir, file_name)}")
-        image_id = index + 1
-        images.append(
-            {"id": image_id, "file_name": file_name, "height": spec.image_size, "width": spec.image_size}
-        )
-        for cls_idx, mask in instances:
-            ann = _mask_annotation(mask)
-            ann.update(id=len(annotations) + 1, image_id=image_id, category_id=cls_idx + 1)
-            annotations.append(ann)
+    jobs = [(out_dir, split, index, spec) for index in range(num_images)]
+    # fork (where there is one) starts workers in milliseconds; spawn would re-import torch in each
+    if processes > 1 and num_images > 1 and "fork" in multiprocessing.get_all_start_methods():
+        with multiprocessing.get_context("fork").Pool(processes) as pool:
+            rendered = pool.map(_render_image, jobs, chunksize=max(1, num_images // (4 * processes)))
+    else:
+        rendered = [_render_image(job) for job in jobs]
+    images = [record for record, _ in rendered]
+    annotations = [ann for _, anns in rendered for ann in anns]
+    for ann_id, ann in enumerate(annotations, start=1):
+        ann["id"] = ann_id
     return {
         "info": {
             "description": f"dimaskdino embedded shapes ({split})",
@@ -246,7 +262,10 @@ def _generate_split(out_dir: str, split: str, num_images: int, spec: ShapesSpec)
 
 
 def generate_embedded_shapes(
-    out_dir: str, split_sizes: Optional[Dict[str, int]] = None, spec: ShapesSpec = ShapesSpec()
+    out_dir: str,
+    split_sizes: Optional[Dict[str, int]] = None,
+    spec: ShapesSpec = ShapesSpec(),
+    processes: Optional[int] = None,
 ) -> None:
     """
     Generate the dataset into ``out_dir`` (``<split>/*.png`` and
@@ -256,14 +275,18 @@ def generate_embedded_shapes(
     Args:
         split_sizes: split name ("train" or "val") -> number of images; default: the
             registered sizes.
+        processes: processes rendering images (default: the CPU count, at most 4); the files
+            do not depend on it.
     """
+    if processes is None:
+        processes = min(os.cpu_count() or 1, 4)
     if split_sizes is None:
         split_sizes = {split: n for split, n in EMBEDDED_SPLITS.values()}
     os.makedirs(os.path.join(out_dir, "annotations"), exist_ok=True)
     for split, num_images in split_sizes.items():
         if split not in _SPLIT_SEEDS:
             raise ValueError(f"split must be one of {sorted(_SPLIT_SEEDS)}, got {split!r}")
-        coco = _generate_split(out_dir, split, num_images, spec)
+        coco = _generate_split(out_dir, split, num_images, spec, processes=processes)
         with open(annotation_file(out_dir, split), "w") as f:
             json.dump(coco, f, sort_keys=True, separators=(",", ":"))
 

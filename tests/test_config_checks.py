@@ -53,7 +53,7 @@ def test_yaml_eval_only_ignores_training_settings(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "override, error, message",
     [
-        ("train.max_iter=abc", TypeError, r"train.max_iter must be a number \(like 1000\), got 'abc'"),
+        ("train.max_iter=abc", TypeError, r"train.max_iter must be a number \(like 900\), got 'abc'"),
         ("train.amp.enabled=1", TypeError, r"train.amp.enabled must be True or False, got 1"),
         ("optimizer.base_lr=fast", TypeError, r"optimizer.base_lr must be a number .*'fast'"),
     ],
@@ -98,4 +98,5 @@ def test_batch_size_must_divide_over_the_gpus():
     with pytest.raises(ValueError, match=r"SOLVER.IMS_PER_BATCH=8 .* divisible by the number of GPUs \(3\)"):
         check_yaml_config_values(cfg, training=True, world_size=3)
     with pytest.raises(ValueError, match=r"total_batch_size=8 must be divisible by the number of GPUs \(3\)"):
-        check_lazy_config_values(load_lazy_config(LAZY), training=True, world_size=3)
+        check_lazy_config_values(load_lazy_config(LAZY, ["dataloader.train.total_batch_size=8"]), training=True,
+                                 world_size=3)

@@ -51,6 +51,8 @@ def test_same_data_and_schedule(yaml_file, lazy_file):
     test_resize = lz.dataloader.test.mapper.augmentations[0]
     assert (test_resize.short_edge_length, test_resize.max_size) == (y.INPUT.MIN_SIZE_TEST, y.INPUT.MAX_SIZE_TEST)
     assert lz.train.max_iter == y.SOLVER.MAX_ITER
+    assert lz.train.amp.enabled == y.SOLVER.AMP.ENABLED
+    assert lz.dataloader.train.num_workers == y.DATALOADER.NUM_WORKERS
     assert lz.optimizer.base_lr == y.SOLVER.BASE_LR
     assert lz.optimizer.backbone_multiplier == y.SOLVER.BACKBONE_MULTIPLIER
     assert lz.optimizer.weight_decay == y.SOLVER.WEIGHT_DECAY

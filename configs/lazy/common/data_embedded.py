@@ -18,8 +18,8 @@ dataloader.train.mapper.augmentations = [
     L(T.ResizeScale)(min_scale=0.8, max_scale=1.25, target_height=128, target_width=128),
     L(T.FixedSizeCrop)(crop_size=(128, 128)),
 ]
-dataloader.train.total_batch_size = 8
-dataloader.train.num_workers = 1
+dataloader.train.total_batch_size = 16
+dataloader.train.num_workers = 0  # in-process: a worker would compete with the compute threads
 
 dataloader.test.dataset.names = "embedded_shapes_val"
 dataloader.test.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=128, max_size=128)]

@@ -327,7 +327,8 @@ def test_batched_load_res_equals_pycocotools_past_the_chunk_size():
         assert a.keys() == b.keys()
         assert a["area"] == b["area"] and type(a["area"]) is type(b["area"])
         np.testing.assert_array_equal(a["bbox"], b["bbox"])
-        assert (a["id"], a["iscrowd"], a["image_id"], a["category_id"]) == (b["id"], b["iscrowd"], b["image_id"], b["category_id"])
+        fields = ("id", "iscrowd", "image_id", "category_id")
+        assert [a[f] for f in fields] == [b[f] for f in fields]
     assert expected.imgToAnns.keys() == batched.imgToAnns.keys()
     for img_ids, cat_ids in (([1, 2, 3], [1, 2]), ([3, 1], [2]), ([], [2, 1]), ([2], [])):
         assert expected.getAnnIds(imgIds=img_ids, catIds=cat_ids) == batched.getAnnIds(imgIds=img_ids, catIds=cat_ids)

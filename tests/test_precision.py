@@ -52,7 +52,8 @@ def test_autocast_is_left_when_the_forward_pass_fails():
 
 
 def test_train_loop_choice():
-    assert uses_cpu_autocast(True, "cpu") and not uses_cpu_autocast(True, "cuda") and not uses_cpu_autocast(False, "cpu")
+    assert uses_cpu_autocast(True, "cpu")
+    assert not uses_cpu_autocast(True, "cuda") and not uses_cpu_autocast(False, "cpu")
     model = Recorder()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loop = build_train_loop(model, [torch.randn(2, 4)], optimizer, amp=True, device="cpu")

@@ -142,8 +142,9 @@ class LazyRun:
         pass  # LazyConfig files have no expected results
 
     def train(self, resume: bool):
-        """detectron2's SimpleTrainer (AMPTrainer with train.amp.enabled on CUDA, bfloat16 autocast on the CPU) with the finite-loss check,
-        our checkpointer and the hooks below, from iteration 0 or the one after the last checkpoint."""
+        """detectron2's SimpleTrainer (with train.amp.enabled: AMPTrainer on CUDA, bfloat16 autocast on
+        the CPU) with the finite-loss check, our checkpointer and the hooks below, from iteration 0 or
+        the one after the last checkpoint."""
         model = self.build_model()
         logger.info(f"Model:\n{model}")
         optimizer = self.build_optimizer(model)

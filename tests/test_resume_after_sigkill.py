@@ -49,7 +49,9 @@ def _assert_same_state(ours, reference, where="trainer"):
 
 
 AMP_ON_GPU = pytest.param(
-    True, marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="the float16 AMP variant (grad scaler) needs a CUDA device")]
+    True,
+    marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                reason="the float16 AMP variant (grad scaler) needs a CUDA device")],
 )
 
 

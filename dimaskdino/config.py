@@ -43,6 +43,11 @@ def _add_input_and_solver_keys(cfg):
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
 
+    # exponential moving average of the weights (dimaskdino.engine.ema); d2go's key names
+    cfg.MODEL_EMA = CN()
+    cfg.MODEL_EMA.ENABLED = False
+    cfg.MODEL_EMA.DECAY = 0.999
+
 
 def _add_loss_keys(m):
     m.LEARN_TGT = False

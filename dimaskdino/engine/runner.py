@@ -38,6 +38,7 @@ from ..utils.config_files import is_lazy_config, load_lazy_config, load_yaml_con
 from ..utils.weights import check_weights_file, load_weights
 from .ddp import create_ddp_model, with_statistics_hook
 from .devices import check_device
+from .ema import EMAHook, with_weight_average
 from .precision import build_train_loop
 from .train_loop import add_finite_loss_check
 from .trainer import DIMaskDINOTrainer
@@ -169,7 +170,12 @@ class LazyRun:
         saving = [hooks.PeriodicCheckpointer(checkpointer, **train.checkpointer)] if on_main else []
         evaluation = [hooks.EvalHook(train.eval_period, lambda: evaluate(self, model))]
         writing = [hooks.PeriodicWriter(default_writers(self.output_dir, train.max_iter), period=train.log_period)]
-        return schedule + saving + evaluation + (writing if on_main else [])
+        hook_list = schedule + saving + evaluation + (writing if on_main else [])
+        ema = train.get("model_ema", {})
+        if ema.get("enabled", False):
+            hook_list = with_weight_average(hook_list, EMAHook(model, ema.get("decay", 0.999)), train.eval_period,
+                                            lambda: evaluate(self, model))
+        return hook_list
 
 
 def load_run(path: str, opts: Sequence[str] = ()):

@@ -1,5 +1,6 @@
 """``DIMaskDINOTrainer``: detectron2's DefaultTrainer with the authors' optimizer, schedule and
-dataset mappers, mixed precision via SOLVER.AMP.ENABLED and a stop on non-finite losses."""
+dataset mappers, mixed precision via SOLVER.AMP.ENABLED, an optional average of the weights (MODEL_EMA) and a stop on
+non-finite losses."""
 import os
 import weakref
 
@@ -13,6 +14,7 @@ from ..data.mappers import DETRInstanceDatasetMapper, build_train_mapper
 from ..data.resume import continue_data_stream
 from .ddp import ddp_on_any_device, with_statistics_hook
 from .devices import check_device
+from .ema import EMAHook, with_weight_average
 from .optimizer import build_optimizer_from_cfg
 from .precision import add_cpu_autocast, uses_cpu_autocast
 from .train_loop import add_finite_loss_check
@@ -51,7 +53,17 @@ class DIMaskDINOTrainer(DefaultTrainer):
         self.checkpointer = DIMaskDINOCheckpointer(
             self.model, self.cfg.OUTPUT_DIR, strict=False, trainer=weakref.proxy(self)
         )
-        return with_statistics_hook(super().build_hooks(), self.model)
+        hook_list = super().build_hooks()
+        ema = self.cfg.get("MODEL_EMA")  # absent from configs built without add_dimaskdino_config
+        if ema is not None and ema.ENABLED:
+            hook_list = with_weight_average(hook_list, EMAHook(self.model, ema.DECAY),
+                                            self.cfg.TEST.EVAL_PERIOD, self._evaluate_and_keep)
+        return with_statistics_hook(hook_list, self.model)
+
+    def _evaluate_and_keep(self):
+        """DefaultTrainer's evaluation function: evaluate and keep the results for train()."""
+        self._last_eval_results = self.test(self.cfg, self.model)
+        return self._last_eval_results
 
     def resume_or_load(self, resume=True):
         """detectron2's, then the training sampler skipped past the samples consumed before the

@@ -4,6 +4,7 @@ train = dict(
     init_checkpoint="",
     max_iter=88500,
     amp=dict(enabled=True),
+    model_ema=dict(enabled=False, decay=0.999),  # exponential moving average of the weights
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
     checkpointer=dict(period=5000, max_to_keep=100),
     eval_period=5000,

@@ -61,10 +61,10 @@ def fixed_grid(count: int, num_points: int) -> torch.Tensor:
 def remove_randomness():
     from dimaskdino.modeling import criterion, matcher
 
-    def grid_points(coarse_logits, uncertainty_func, num_points, *ratios):
-        return fixed_grid(coarse_logits.shape[0], num_points).to(coarse_logits.device)
+    def grid_points(mask_logits, num_points, *ratios):
+        return fixed_grid(mask_logits.shape[0], num_points).to(mask_logits.device)
 
-    criterion.get_uncertain_point_coords_with_randomness = grid_points
+    criterion.uncertain_point_coords = grid_points
     matcher.HungarianMatcher.random_point_coords = lambda self, device: fixed_grid(1, self.num_points).to(device)
 
 

@@ -314,3 +314,25 @@ def test_build_criterion_reads_the_authors_keys():
     cfg.MODEL.MaskDINO.PANO_BOX_LOSS = True
     with pytest.raises(ValueError, match="PANO_BOX_LOSS"):
         build_criterion(cfg)
+
+
+def test_importance_sampling_draws_the_same_points_as_detectron2():
+    """Same seed: the same random candidates, the same chosen set and the same random extra points as
+    detectron2's PointRend sampler; only the order of the chosen points may differ."""
+    from detectron2.projects.point_rend.point_features import get_uncertain_point_coords_with_randomness
+
+    from dimaskdino.modeling.criterion import mask_uncertainty, uncertain_point_coords
+
+    logits = torch.randn(5, 1, 16, 16) * 3
+    torch.manual_seed(3)
+    ours = uncertain_point_coords(logits, 112, 3.0, 0.75)
+    torch.manual_seed(3)
+    reference = get_uncertain_point_coords_with_randomness(logits, mask_uncertainty, 112, 3.0, 0.75)
+    assert ours.shape == reference.shape == (5, 112, 2)
+    torch.testing.assert_close(ours[:, 84:], reference[:, 84:], rtol=0, atol=0)  # the uniform points
+
+    def as_sorted(points):  # each row's chosen points, in a canonical order
+        keys = points[..., 0] * 4 + points[..., 1]
+        return torch.gather(points, 1, keys.argsort(dim=1).unsqueeze(-1).expand(-1, -1, 2))
+
+    torch.testing.assert_close(as_sorted(ours[:, :84]), as_sorted(reference[:, :84]), rtol=0, atol=0)

@@ -29,6 +29,7 @@ from tabulate import tabulate
 
 import dimaskdino.data  # noqa: F401  (registers the datasets)
 import dimaskdino.modeling  # noqa: F401  (registers the model)
+from dimaskdino.engine.precision import add_cpu_autocast, uses_cpu_autocast
 from dimaskdino.engine.launch import cluster_environment, distributed_argument_parser
 from dimaskdino.engine.runner import load_run
 from dimaskdino.utils.weights import load_weights
@@ -164,6 +165,10 @@ def benchmark_train(args):
     model.train()
     optimizer = run.build_optimizer(model)
     load_model_weights(run, model)
+    if uses_cpu_autocast(run.amp, run.device):  # as the trainer: bfloat16 forward on the CPU
+        add_cpu_autocast(model)
+    elif run.amp:
+        print("note: float16 AMP on CUDA is not applied here; iterations are timed in float32")
     loader = run.build_train_loader()
     batches = list(itertools.islice(loader, args.cached_batches))
 

@@ -34,10 +34,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from detectron2.projects.point_rend.point_features import (
-    get_uncertain_point_coords_with_randomness,
-    point_sample,
-)
+from detectron2.projects.point_rend.point_features import point_sample
 from detectron2.config import configurable
 from detectron2.utils.comm import get_world_size
 from torch import nn
@@ -95,6 +92,33 @@ def dice_loss(point_logits: torch.Tensor, point_labels: torch.Tensor) -> torch.T
 def mask_uncertainty(logits: torch.Tensor) -> torch.Tensor:
     """Uncertainty of mask logits (M, 1, P): points closest to the decision boundary score highest."""
     return -logits.abs()
+
+
+def uncertain_point_coords(
+    mask_logits: torch.Tensor, num_points: int, oversample_ratio: float, importance_sample_ratio: float
+) -> torch.Tensor:
+    """PointRend's importance sampling of ``num_points`` points per mask, in [0, 1]^2 (x, y).
+
+    Draws ``num_points * oversample_ratio`` uniform candidates, keeps the
+    ``importance_sample_ratio * num_points`` most uncertain of them (logit nearest 0) and adds
+    uniform points for the rest: the random draws and the chosen set of detectron2's
+    ``get_uncertain_point_coords_with_randomness``, but the chosen points are not sorted by
+    uncertainty (the losses sum over points; an unsorted top-k is 2-3x faster on the CPU).
+
+    Args:
+        mask_logits: (M, 1, H, W)
+    Returns:
+        (M, num_points, 2)
+    """
+    num_masks, device = mask_logits.shape[0], mask_logits.device
+    candidates = torch.rand(num_masks, int(num_points * oversample_ratio), 2, device=device)
+    uncertainty = mask_uncertainty(point_sample(mask_logits, candidates, align_corners=False))[:, 0]
+    num_uncertain = int(importance_sample_ratio * num_points)
+    chosen = uncertainty.topk(num_uncertain, dim=1, sorted=False).indices
+    coords = torch.gather(candidates, 1, chosen.unsqueeze(-1).expand(-1, -1, 2))
+    if num_points > num_uncertain:
+        coords = torch.cat([coords, torch.rand(num_masks, num_points - num_uncertain, 2, device=device)], dim=1)
+    return coords
 
 
 class MatchedPairs:
@@ -295,12 +319,8 @@ class DIMaskDINOCriterion(nn.Module):
         """
         pred_masks, gt_masks = pred_masks[:, None], gt_masks[:, None]
         with torch.no_grad():
-            coords = get_uncertain_point_coords_with_randomness(
-                pred_masks,
-                mask_uncertainty,
-                self.num_points,
-                self.oversample_ratio,
-                self.importance_sample_ratio,
+            coords = uncertain_point_coords(
+                pred_masks, self.num_points, self.oversample_ratio, self.importance_sample_ratio
             )
             point_labels = point_sample(gt_masks, coords, align_corners=False).squeeze(1)
         point_logits = point_sample(pred_masks, coords, align_corners=False).squeeze(1)

@@ -16,6 +16,7 @@ from detectron2.structures import BitMasks, ImageList, Instances, PolygonMasks
 
 from ..config import check_supported_inference, score_from_box_only
 from ..layers.box_ops import box_xyxy_to_cxcywh
+from .backbone.resnet_stem import use_channels_last_stem_pooling
 from .criterion import build_criterion
 from .outputs import StagePrediction
 from .postprocess import postprocess_prediction
@@ -67,6 +68,7 @@ class DIMaskDINO(nn.Module):
     def from_config(cls, cfg):
         check_supported_inference(cfg)
         backbone = build_backbone(cfg)
+        use_channels_last_stem_pooling(backbone)  # same outputs, faster on the CPU
         return {
             "backbone": backbone,
             "sem_seg_head": build_sem_seg_head(cfg, backbone.output_shape()),

@@ -54,6 +54,7 @@ class DIMaskDINO(nn.Module):
         """
         super().__init__()
         self.backbone = backbone
+        use_channels_last_stem_pooling(backbone)  # a detectron2 ResNet stem: same function, faster on the CPU
         self.sem_seg_head = sem_seg_head
         self.criterion = criterion
         if size_divisibility < 0:
@@ -68,7 +69,6 @@ class DIMaskDINO(nn.Module):
     def from_config(cls, cfg):
         check_supported_inference(cfg)
         backbone = build_backbone(cfg)
-        use_channels_last_stem_pooling(backbone)  # same outputs, faster on the CPU
         return {
             "backbone": backbone,
             "sem_seg_head": build_sem_seg_head(cfg, backbone.output_shape()),

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import Dict
 
 import torch
-from detectron2.engine import HookBase
+from detectron2.engine import HookBase, hooks
 from torch import nn
 
 __all__ = ["EMAHook", "WeightAverage", "unwrap_model"]
@@ -32,6 +32,11 @@ logger = logging.getLogger(__name__)
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel wrapper (or ``model`` itself)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _cloned_state(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """A detached copy of the state dict of ``model`` (unwrapped from DDP)."""
+    return {k: v.detach().clone() for k, v in unwrap_model(model).state_dict().items()}
 
 
 class WeightAverage:
@@ -48,7 +53,7 @@ class WeightAverage:
     def reset(self, model: nn.Module) -> None:
         """Start the average afresh from ``model``'s current weights."""
         self.updates = 0
-        self.average = {k: v.detach().clone() for k, v in unwrap_model(model).state_dict().items()}
+        self.average = _cloned_state(model)
 
     def current_decay(self) -> float:
         """The decay of the next update (the ramp towards ``decay``)."""
@@ -78,7 +83,7 @@ class WeightAverage:
     def swapped_into(self, model: nn.Module):
         """Within the block ``model`` holds the averaged weights; its own are restored after."""
         module = unwrap_model(model)
-        own = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        own = _cloned_state(module)
         module.load_state_dict(self.average)
         try:
             yield model
@@ -121,8 +126,7 @@ class EMAHook(HookBase):
     def after_step(self):
         self.average.update(self.model)
         if self.trainer.iter + 1 >= self.trainer.max_iter:
-            module = unwrap_model(self.model)
-            self._raw_weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            self._raw_weights = _cloned_state(self.model)
             self.average.copy_to(self.model)
             logger.info("Last iteration: the model now holds the averaged weights")
 
@@ -144,7 +148,6 @@ class EMAHook(HookBase):
 def with_weight_average(hook_list: list, ema_hook: EMAHook, eval_period: int, evaluate) -> list:
     """``hook_list`` with ``ema_hook`` placed before the first checkpointer or evaluation hook and
     every ``EvalHook`` replaced by one that runs ``evaluate()`` on the averaged weights."""
-    from detectron2.engine import hooks
 
     def evaluate_average():
         with ema_hook.average.swapped_into(ema_hook.model):

@@ -1,6 +1,6 @@
 """``DIMaskDINOTrainer``: detectron2's DefaultTrainer with the authors' optimizer, schedule and
-dataset mappers, mixed precision via SOLVER.AMP.ENABLED, an optional average of the weights (MODEL_EMA) and a stop on
-non-finite losses."""
+dataset mappers, mixed precision via SOLVER.AMP.ENABLED, an optional average of the weights
+(MODEL_EMA) and a stop on non-finite losses."""
 import os
 import weakref
 

@@ -1,4 +1,5 @@
 """build_evaluator (COCOEvaluator with detectron2._C, faster-coco-eval or pycocotools) and the inference benchmark."""
+import copy
 import json
 import logging
 import sys
@@ -335,3 +336,67 @@ def test_batched_load_res_equals_pycocotools_past_the_chunk_size():
     assert dict(expected.catToImgs) == dict(batched.catToImgs)
     with pytest.raises(ValueError, match="image ids not in the ground truth"):
         BatchedResultsCOCO.sharing(gt).loadRes([dict(results[0], image_id=9)])
+
+
+def test_compiled_class_passes_compressed_rles_through_with_pycocotools_numbers():
+    """The compiled class hands compressed-RLE masks to the IoU as they are (str or bytes counts)
+    and converts the rest (a polygon, an uncompressed crowd RLE): its IoUs equal
+    faster-coco-eval's unmodified class's and its 12 stats equal pycocotools'."""
+    from faster_coco_eval import COCOeval_faster
+    from faster_coco_eval.core import cocoeval as fce_cocoeval
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    rng = np.random.default_rng(3)
+    h, w = CROWD_H, CROWD_W
+    images = [{"id": i, "height": h, "width": w} for i in (1, 2)]
+    gt_rle = _random_rle(rng, (5, 5, 30, 25))
+    crowd = mask_util.decode(_random_rle(rng, (20, 10, 45, 38))).ravel(order="F")
+    runs = np.diff(np.r_[0, np.flatnonzero(crowd[1:] != crowd[:-1]) + 1, crowd.size])
+    uncompressed = {"size": [h, w], "counts": [int(v) for v in (runs if crowd[0] == 0 else np.r_[0, runs])]}
+    assert np.array_equal(mask_util.decode(mask_util.frPyObjects(uncompressed, h, w)).ravel(order="F"), crowd)
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "segmentation": gt_rle},
+        {"id": 2, "image_id": 1, "category_id": 1, "iscrowd": 1, "segmentation": uncompressed},
+        {"id": 3, "image_id": 2, "category_id": 1, "iscrowd": 0,
+         "segmentation": [[2.0, 2.0, 30.0, 4.0, 25.0, 33.0, 4.0, 30.0]]},
+    ]
+    for ann in anns:
+        rle = ann["segmentation"] if ann["id"] == 1 else mask_util.frPyObjects(ann["segmentation"], h, w)
+        rle = mask_util.merge(rle) if isinstance(rle, list) else rle
+        ann["area"] = float(mask_util.area(rle))
+        ann["bbox"] = [float(v) for v in mask_util.toBbox(rle)]
+    dts = []
+    for k in range(12):
+        box = _random_box(rng)
+        rle = _random_rle(rng, (box[0], box[1], box[0] + 12, box[1] + 12))
+        if k % 2:
+            rle = {"size": rle["size"], "counts": rle["counts"].encode()}  # bytes counts, as detectron2 stores them
+        dts.append({"image_id": 1 + k % 2, "category_id": 1, "score": float(rng.random()), "segmentation": rle})
+    dts.append({"image_id": 1, "category_id": 1, "score": 0.95, "segmentation": dict(gt_rle)})
+
+    def evaluate(cocoeval_class):
+        gt = COCO()
+        gt.dataset = {"images": images, "annotations": copy.deepcopy(anns), "categories": [{"id": 1, "name": "a"}]}
+        gt.createIndex()
+        evaluation = cocoeval_class(gt, gt.loadRes(copy.deepcopy(dts)), "segm")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+        return evaluation
+
+    ours_class = coco_module.compiled_cocoeval_class()
+    assert issubclass(ours_class, COCOeval_faster) and ours_class is coco_module.compiled_cocoeval_class()
+    converter = fce_cocoeval.maskUtils.calculateRleForAllAnnotations
+    ours = evaluate(ours_class)
+    assert fce_cocoeval.maskUtils.calculateRleForAllAnnotations is converter  # restored
+    plain = evaluate(COCOeval_faster)
+    reference = evaluate(COCOeval)
+    passed = [d for d in ours.cocoDt.anns.values() if isinstance(d["segmentation"], dict)]
+    assert len(passed) == 13 and all(d["rle"] is d["segmentation"] for d in passed)
+    assert all(isinstance(d["rle"]["counts"], bytes) for d in plain.cocoDt.anns.values())  # it re-encodes
+    for pair, ious in plain.ious.items():
+        np.testing.assert_allclose(np.asarray(ours.ious[pair]), np.asarray(ious), rtol=0, atol=0)
+    assert any(np.size(v) for v in plain.ious.values())
+    np.testing.assert_allclose(ours.stats, reference.stats, rtol=0, atol=1e-12)
+    assert 0 < reference.stats[0] < 1

@@ -9,6 +9,7 @@ Three engines compute the same COCO AP, fastest first:
 """
 import contextlib
 import copy
+import functools
 import logging
 import os
 from typing import Dict, List, Optional, Sequence
@@ -46,12 +47,61 @@ def fast_coco_eval_available() -> bool:
 
 
 def compiled_cocoeval_class():
-    """faster-coco-eval's compiled COCOeval class (pycocotools' interface), or None if not installed."""
+    """faster-coco-eval's compiled COCOeval class (pycocotools' interface) that keeps compressed RLE
+    masks as they are (see ``_keeping_compressed_rles``), or None if faster-coco-eval is not
+    installed."""
     try:
         from faster_coco_eval import COCOeval_faster
+        from faster_coco_eval.core import cocoeval as fce_cocoeval
     except ImportError:
         return None
-    return COCOeval_faster
+    return _keeping_compressed_rles(COCOeval_faster, fce_cocoeval)
+
+
+def _is_compressed_rle(segmentation) -> bool:
+    return isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), (str, bytes))
+
+
+@contextlib.contextmanager
+def _compressed_rles_passed_through(fce_cocoeval):
+    """While active, faster-coco-eval's ``calculateRleForAllAnnotations`` (which its COCOeval calls
+    on every ground truth and detection to give each an ``"rle"``) hands an annotation whose
+    segmentation already is a compressed RLE over as it is, and converts only the others (polygons,
+    uncompressed RLEs). Converting a compressed RLE decodes its string and encodes the same runs
+    again: most of a segm evaluation's time on 500k detections, for the same IoUs, because the IoU
+    function decodes the strings anyway. Boundary IoU still converts everything."""
+    mask_api = fce_cocoeval.maskUtils
+    convert_all = mask_api.calculateRleForAllAnnotations
+
+    def convert_the_rest(anns, img_sizes, compute_rle, compute_boundary, *args, **kwargs):
+        if compute_rle and not compute_boundary:
+            rest = []
+            for ann in anns:
+                if _is_compressed_rle(ann.get("segmentation")):
+                    ann["rle"] = ann["segmentation"]
+                else:
+                    rest.append(ann)
+            anns = rest
+        return convert_all(anns, img_sizes, compute_rle, compute_boundary, *args, **kwargs)
+
+    mask_api.calculateRleForAllAnnotations = convert_the_rest
+    try:
+        yield
+    finally:
+        mask_api.calculateRleForAllAnnotations = convert_all
+
+
+@functools.lru_cache(maxsize=None)
+def _keeping_compressed_rles(cocoeval_class, fce_cocoeval):
+    """A subclass of faster-coco-eval's ``cocoeval_class`` whose ``_prepare`` passes compressed RLE
+    masks through (same AP: the IoU function decodes the same runs)."""
+
+    def _prepare(self):
+        with _compressed_rles_passed_through(fce_cocoeval):
+            cocoeval_class._prepare(self)
+
+    doc = f"faster-coco-eval's {cocoeval_class.__name__}, compressed RLE masks passed through."
+    return type(f"{cocoeval_class.__name__}KeepingRLE", (cocoeval_class,), {"_prepare": _prepare, "__doc__": doc})
 
 
 def coco_eval_engine() -> str:

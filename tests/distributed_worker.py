@@ -65,7 +65,7 @@ def remove_randomness():
         return fixed_grid(mask_logits.shape[0], num_points).to(mask_logits.device)
 
     criterion.uncertain_point_coords = grid_points
-    matcher.HungarianMatcher.random_point_coords = lambda self, device: fixed_grid(1, self.num_points).to(device)
+    matcher.HungarianMatcher.random_point_coords = lambda self, count, device: fixed_grid(count, self.num_points).to(device)
 
 
 def one_step(scenario: str, out_dir: str) -> None:

@@ -97,7 +97,7 @@ def _random_case(generator, batch, num_queries, num_targets, num_classes=3, size
 
 def _fixed_points(matcher, num_points, seed):
     coords = torch.rand(1, num_points, 2, generator=torch.Generator().manual_seed(seed))
-    matcher.random_point_coords = lambda device: coords.to(device)
+    matcher.random_point_coords = lambda count, device: coords.expand(count, -1, -1).to(device)
     return coords[0]
 
 
@@ -108,6 +108,7 @@ def _fixed_points(matcher, num_points, seed):
         (6, (4, 1), ("class", "box", "mask")),
         (3, (5, 3), ("class", "box", "mask")),  # more targets than queries
         (6, (4, 3), ("class", "box")),
+        (4, (2, 0, 3, 1), ("class", "box", "mask")),  # an image without targets amid the batch
     ],
 )
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -148,6 +149,34 @@ def test_zero_ground_truth_gives_empty_indices():
     indices = HungarianMatcher(num_points=16, **WEIGHTS)(outputs, targets)
     assert [len(q) for q, _ in indices] == [0, 2, 0]
     assert all(q.dtype == torch.int64 and t.dtype == torch.int64 for q, t in indices)
+
+
+def test_points_are_drawn_per_image_with_targets_as_one_draw_per_image_in_turn():
+    """The batched draw gives the numbers one draw per image (with targets) in turn gives: each
+    image's assignment is optimal for costs measured on the points drawn that way."""
+    generator = torch.Generator().manual_seed(7)
+    outputs, targets = _random_case(generator, 4, 5, (3, 0, 2, 4))
+    torch.manual_seed(11)
+    indices = HungarianMatcher(num_points=32, **WEIGHTS)(outputs, targets)
+    after = torch.rand(1)
+    torch.manual_seed(11)
+    points = {b: torch.rand(1, 32, 2)[0] for b in (0, 2, 3)}
+    assert torch.equal(torch.rand(1), after)  # no other draw
+    for b, (query_idx, target_idx) in enumerate(indices):
+        if b == 1:
+            assert len(query_idx) == 0
+            continue
+        cost = _reference_cost(outputs, targets[b], b, points[b], ("class", "box", "mask"))
+        chosen = sum(cost[q, n] for q, n in zip(query_idx.tolist(), target_idx.tolist()))
+        assert chosen == pytest.approx(float(_brute_force_min(cost)), abs=1e-4)
+
+
+def test_non_finite_cost_in_a_later_image_names_that_image():
+    generator = torch.Generator().manual_seed(8)
+    outputs, targets = _random_case(generator, 3, 4, (2, 0, 1))
+    outputs.masks[2, 3] = float("inf")  # every sampled point
+    with pytest.raises(FloatingPointError, match=r"image 2 .*\['mask'"):
+        HungarianMatcher(num_points=16, **WEIGHTS)(outputs, targets)
 
 
 def test_focal_class_cost_hand_computed():

@@ -10,11 +10,12 @@ The matching cost of query q and instance n is a weighted sum of
   both measured on one set of uniformly random points shared by all masks of the image.
 
 The optimal one-to-one assignment per image comes from ``scipy.optimize.linear_sum_assignment``.
-Every cost is computed for all (query, instance) pairs of an image at once; only the images of the
-batch are looped over.
+The costs are computed for the whole batch at once (every query against every instance of the
+batch, a few small tensors); only the assignment itself loops over the images.
 """
 from typing import Dict, List, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.projects.point_rend.point_features import point_sample
@@ -42,28 +43,28 @@ def focal_class_cost(
     """Focal-loss matching cost of predicting each target's class.
 
     Args:
-        logits: (Q, K) class logits.
+        logits: (..., Q, K) class logits.
         labels: (N,) int64 target classes in [0, K).
     Returns:
-        (Q, N) cost; lower means query q is a better fit for target n.
+        (..., Q, N) cost; lower means query q is a better fit for target n.
     """
     prob = logits.sigmoid()
     eps = 1e-8
     cost_if_negative = (1 - alpha) * prob.pow(gamma) * -(1 - prob + eps).log()
     cost_if_positive = alpha * (1 - prob).pow(gamma) * -(prob + eps).log()
-    return cost_if_positive[:, labels] - cost_if_negative[:, labels]
+    return cost_if_positive[..., labels] - cost_if_negative[..., labels]
 
 
 def mask_bce_cost(point_logits: torch.Tensor, point_labels: torch.Tensor) -> torch.Tensor:
     """Mean binary cross-entropy of every predicted mask against every target mask.
 
     Args:
-        point_logits: (Q, P) mask logits at P points.
+        point_logits: (..., Q, P) mask logits at P points.
         point_labels: (N, P) target mask values in [0, 1] at the same points.
     Returns:
-        (Q, N) cost.
+        (..., Q, N) cost.
     """
-    num_points = point_logits.shape[1]
+    num_points = point_logits.shape[-1]
     # BCE(x, t) = softplus(x) - x * t, so the sum over points is one reduction and one matmul.
     cost = F.softplus(point_logits).sum(-1, keepdim=True) - point_logits @ point_labels.T
     return cost / num_points
@@ -71,10 +72,11 @@ def mask_bce_cost(point_logits: torch.Tensor, point_labels: torch.Tensor) -> tor
 
 def mask_dice_cost(point_logits: torch.Tensor, point_labels: torch.Tensor) -> torch.Tensor:
     """Dice loss (with +1 smoothing) of every predicted mask against every target mask:
-    (Q, P) logits and (N, P) target values at the same points -> (Q, N), as :func:`mask_bce_cost`."""
+    (..., Q, P) logits and (N, P) target values at the same points -> (..., Q, N), as
+    :func:`mask_bce_cost`."""
     prob = point_logits.sigmoid()
     intersection = 2 * prob @ point_labels.T
-    total = prob.sum(-1)[:, None] + point_labels.sum(-1)[None, :]
+    total = prob.sum(-1, keepdim=True) + point_labels.sum(-1)
     return 1 - (intersection + 1) / (total + 1)
 
 
@@ -146,75 +148,89 @@ class HungarianMatcher(nn.Module):
                 f"HungarianMatcher: {len(targets)} targets for a batch of "
                 f"{outputs.logits.shape[0]} predictions"
             )
-        return [
-            self._match_image(outputs, b, target, cost_types) for b, target in enumerate(targets)
-        ]
-
-    def _match_image(self, outputs, b, target, cost_types) -> Tuple[torch.Tensor, torch.Tensor]:
-        logits = outputs.logits[b]
-        if target["labels"].numel() == 0:
-            return _empty_match(logits.device)
-        costs = self.image_costs(outputs, b, target, cost_types)
+        device = outputs.logits.device
+        matches = [_empty_match(device) for _ in targets]
+        images = [b for b, target in enumerate(targets) if target["labels"].numel() > 0]
+        if not images:
+            return matches
+        costs = self.batch_costs(outputs, targets, images, cost_types)
         total = sum(costs.values())
-        if not torch.isfinite(total).all():
-            bad = [name for name, cost in costs.items() if not torch.isfinite(cost).all()]
-            raise FloatingPointError(
-                f"HungarianMatcher: non-finite matching cost in image {b} from the {bad} term(s); "
-                "the predictions contain NaN or inf"
+        # one transfer for the whole batch; image i's own block is total[i, :, its targets]
+        total_np = total.cpu().numpy()
+        end = 0
+        for i, b in enumerate(images):
+            start, end = end, end + int(targets[b]["labels"].numel())
+            block = total_np[i, :, start:end]
+            if not np.isfinite(block).all():
+                bad = [name for name, cost in costs.items() if not torch.isfinite(cost[i, :, start:end]).all()]
+                raise FloatingPointError(
+                    f"HungarianMatcher: non-finite matching cost in image {b} from the {bad} term(s); "
+                    "the predictions contain NaN or inf"
+                )
+            query_idx, target_idx = linear_sum_assignment(block)
+            matches[b] = (
+                torch.as_tensor(query_idx, dtype=torch.int64, device=device),
+                torch.as_tensor(target_idx, dtype=torch.int64, device=device),
             )
-        query_idx, target_idx = linear_sum_assignment(total.cpu().numpy())
-        device = logits.device
-        return (
-            torch.as_tensor(query_idx, dtype=torch.int64, device=device),
-            torch.as_tensor(target_idx, dtype=torch.int64, device=device),
-        )
+        return matches
 
-    def image_costs(
-        self, outputs, b: int, target: Dict[str, torch.Tensor], cost_types: Sequence[str]
+    def batch_costs(
+        self, outputs, targets: List[Dict[str, torch.Tensor]], images: Sequence[int], cost_types: Sequence[str]
     ) -> Dict[str, torch.Tensor]:
-        """The weighted (Q, N) cost matrices of image b, by term name."""
+        """The weighted (I, Q, T) cost matrices, by term name, of the queries of the I images listed
+        in ``images`` against all T targets of those images (concatenated in that order). Only
+        each image's block against its own targets is used; computing all pairs at once replaces a
+        few dozen small operations per image by the same few for the batch."""
+        index = torch.as_tensor(images, dtype=torch.int64, device=outputs.logits.device)
+        chosen = [targets[b] for b in images]
         with torch.autocast(device_type=outputs.logits.device.type, enabled=False):
-            logits = outputs.logits[b].float()
+            logits = outputs.logits.index_select(0, index).float()
+            labels = torch.cat([t["labels"] for t in chosen]).to(logits.device)
             costs = {
-                "class": self.cost_class
-                * focal_class_cost(logits, target["labels"], self.focal_alpha, self.focal_gamma)
+                "class": self.cost_class * focal_class_cost(logits, labels, self.focal_alpha, self.focal_gamma)
             }
             if "box" in cost_types:
-                pred_boxes = outputs.boxes[b].float()
-                gt_boxes = target["boxes"].to(pred_boxes)
-                costs["box"] = self.cost_box * torch.cdist(pred_boxes, gt_boxes, p=1)
-                costs["giou"] = -self.cost_giou * generalized_box_iou(
-                    box_convert(pred_boxes, "cxcywh", "xyxy"), box_convert(gt_boxes, "cxcywh", "xyxy")
+                pred_boxes = outputs.boxes.index_select(0, index).float()
+                gt_boxes = torch.cat([t["boxes"] for t in chosen]).to(pred_boxes)
+                costs["box"] = self.cost_box * torch.cdist(
+                    pred_boxes, gt_boxes.expand(len(images), -1, -1), p=1
                 )
+                giou = generalized_box_iou(
+                    box_convert(pred_boxes.flatten(0, 1), "cxcywh", "xyxy"), box_convert(gt_boxes, "cxcywh", "xyxy")
+                )
+                costs["giou"] = -self.cost_giou * giou.view(len(images), -1, gt_boxes.shape[0])
             if "mask" in cost_types:
-                point_logits, point_labels = self._sample_mask_points(
-                    outputs.masks[b], target["masks"]
-                )
+                point_logits, point_labels = self._sample_mask_points(outputs.masks.index_select(0, index), chosen)
                 costs["mask"] = self.cost_mask * mask_bce_cost(point_logits, point_labels)
                 costs["dice"] = self.cost_dice * mask_dice_cost(point_logits, point_labels)
         return costs
 
     def _sample_mask_points(
-        self, pred_masks: torch.Tensor, gt_masks: torch.Tensor
+        self, pred_masks: torch.Tensor, targets: Sequence[Dict[str, torch.Tensor]]
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Values of all masks at one set of P uniformly random points.
+        """Values of all masks at P uniformly random points, one set of points per image.
 
         Args:
-            pred_masks: (Q, H, W) logits.  gt_masks: (N, H', W'), both over the same padded image.
+            pred_masks: (I, Q, H, W) logits of I images.
+            targets: their I target dicts, "masks" (N_i, H', W') over the same padded image.
         Returns:
-            (Q, P) logits and (N, P) target values.
+            (I, Q, P) logits and (T, P) target values, T = sum of N_i.
         """
-        coords = self.random_point_coords(pred_masks.device)
-        # The masks are stacked as channels of one image, so one grid serves all of them.
-        point_logits = point_sample(pred_masks[None].float(), coords, align_corners=False)[0]
-        point_labels = point_sample(
-            gt_masks[None].to(point_logits), coords, align_corners=False
-        )[0]
+        coords = self.random_point_coords(pred_masks.shape[0], pred_masks.device)
+        # an image's masks are the channels of one input, so one grid (its points) serves them all
+        point_logits = point_sample(pred_masks.float(), coords, align_corners=False)
+        gt_masks = torch.cat([t["masks"] for t in targets]).to(point_logits)
+        image_of_target = torch.repeat_interleave(
+            torch.arange(len(targets), device=coords.device),
+            torch.as_tensor([len(t["masks"]) for t in targets], device=coords.device),
+        )
+        point_labels = point_sample(gt_masks[:, None], coords[image_of_target], align_corners=False)[:, 0]
         return point_logits, point_labels
 
-    def random_point_coords(self, device: torch.device) -> torch.Tensor:
-        """(1, P, 2) uniformly random (x, y) points in [0, 1], one draw per image."""
-        return torch.rand(1, self.num_points, 2, device=device)
+    def random_point_coords(self, num_images: int, device: torch.device) -> torch.Tensor:
+        """(I, P, 2) uniformly random (x, y) points in [0, 1], one set per image (drawn in one call:
+        the same numbers as one draw per image in turn)."""
+        return torch.rand(num_images, self.num_points, 2, device=device)
 
     def extra_repr(self) -> str:
         return (

@@ -4,10 +4,13 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from detectron2.projects.point_rend.point_features import point_sample
 
 from dimaskdino.modeling.criterion import (
     LOSS_NAMES,
     DIMaskDINOCriterion,
+    StackedTargetMasks,
     build_criterion,
     dice_loss,
     sigmoid_ce_loss,
@@ -336,3 +339,30 @@ def test_importance_sampling_draws_the_same_points_as_detectron2():
         return torch.gather(points, 1, keys.argsort(dim=1).unsqueeze(-1).expand(-1, -1, 2))
 
     torch.testing.assert_close(as_sorted(ours[:, :84]), as_sorted(reference[:, :84]), rtol=0, atol=0)
+
+
+def test_stacked_target_masks_read_each_pair_like_its_own_gathered_mask():
+    """values_at samples mask rows[m] at coords[m] for any multiplicity of rows (denoising groups
+    repeat targets, matching may leave some out): equal, bit for bit, to sampling the gathered float
+    masks pair by pair, and to a float64 bilinear reference."""
+    generator = torch.Generator().manual_seed(0)
+    targets = [
+        {"masks": torch.rand(3, 24, 20, generator=generator) > 0.5},
+        {"masks": torch.zeros(0, 24, 20, dtype=torch.bool)},
+        {"masks": torch.rand(2, 24, 20, generator=generator) > 0.3},
+    ]
+    stacked = StackedTargetMasks(targets)
+    assert stacked.masks.dtype == torch.float32 and stacked.masks.shape == (5, 24, 20)
+    assert stacked.offsets == [0, 3, 3]
+    indices = [(torch.tensor([4, 0, 2, 1]), torch.tensor([2, 0, 2, 1])), (torch.zeros(0, dtype=torch.long),) * 2,
+               (torch.tensor([1, 3]), torch.tensor([1, 1]))]
+    rows = stacked.global_index(indices)
+    assert rows.tolist() == [2, 0, 2, 1, 4, 4]  # row 3 (image 2's first target) unused, 2 and 4 twice
+    coords = torch.rand(6, 50, 2, generator=generator) * 1.2 - 0.1  # some points outside [0, 1]
+    got = stacked.values_at(rows, coords)
+    gathered = stacked.masks[rows][:, None]
+    expected = point_sample(gathered, coords, align_corners=False)[:, 0]
+    assert torch.equal(got, expected)
+    reference = F.grid_sample(gathered.double(), (2 * coords.double() - 1)[:, :, None], align_corners=False)[:, 0, :, 0]
+    torch.testing.assert_close(got.double(), reference, rtol=0, atol=1e-6)
+    assert stacked.values_at(rows[:0], coords[:0]).shape == (0, 50)

@@ -47,6 +47,7 @@ from .outputs import PredictorOutput, StagePrediction
 
 __all__ = [
     "DIMaskDINOCriterion",
+    "StackedTargetMasks",
     "build_criterion",
     "LOSS_NAMES",
     "sigmoid_focal_loss",
@@ -121,6 +122,56 @@ def uncertain_point_coords(
     return coords
 
 
+class StackedTargetMasks:
+    """Every target mask of the batch in one float tensor, converted once per step, and a reader of
+    their values at given points.
+
+    Each supervised stage samples its matched targets at its own points. Gathering the matched
+    masks stage by stage and converting them to float (M, H', W') cost more than all the sampling;
+    here each target mask is converted once and sampled in place, all pairs of a stage in one call.
+
+    Args:
+        targets: B dicts with "masks" (N_b, H', W'), all padded to the same (H', W').
+    """
+
+    def __init__(self, targets: Sequence[Mapping[str, torch.Tensor]]):
+        shapes = {tuple(t["masks"].shape[-2:]) for t in targets}
+        if len(shapes) > 1:
+            raise ValueError(
+                "criterion: targets[i]['masks'] must all be padded to the batch size, "
+                f"got sizes {sorted(shapes)}"
+            )
+        #: (T, H', W') float32, the targets of image 0, then image 1, ...
+        self.masks = torch.cat([t["masks"] for t in targets]).float()
+        counts = torch.as_tensor([len(t["masks"]) for t in targets], dtype=torch.int64)
+        #: (B,) index in ``masks`` of each image's first target
+        self.offsets = (counts.cumsum(0) - counts).tolist()
+
+    def global_index(self, indices: Indices) -> torch.Tensor:
+        """(M,) rows of ``masks`` of the targets of B (query_indices, target_indices) pairs, in order."""
+        return torch.cat([tgt.to(self.masks.device) + offset for (_, tgt), offset in zip(indices, self.offsets)])
+
+    def values_at(self, rows: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """(M, P) bilinear values (zero outside) of mask ``rows[m]`` at its (P, 2) points ``coords[m]``
+        in [0, 1]^2 (x, y); a mask may appear in several pairs (denoising groups) or none."""
+        num_pairs, num_points = coords.shape[:2]
+        if num_pairs == 0:
+            return coords.new_zeros(0, num_points)
+        # Points of the k-th pair of mask t go to slot (t, k): one grid_sample over the masks
+        # themselves reads every pair, unused slots read a point that is then dropped.
+        order = torch.argsort(rows, stable=True)
+        sorted_rows = rows[order]
+        pairs_per_mask = torch.bincount(sorted_rows, minlength=self.masks.shape[0])
+        first_pair = pairs_per_mask.cumsum(0) - pairs_per_mask
+        slot = torch.arange(num_pairs, device=rows.device) - first_pair[sorted_rows]
+        grid = coords.new_full((self.masks.shape[0], int(pairs_per_mask.max()), num_points, 2), 0.5)
+        grid[sorted_rows, slot] = coords[order]
+        sampled = point_sample(self.masks[:, None], grid.flatten(1, 2), align_corners=False)
+        values = torch.empty_like(coords[..., 0])
+        values[order] = sampled.view(grid.shape[:3])[sorted_rows, slot]
+        return values
+
+
 class MatchedPairs:
     """The predictions of one stage paired with their targets, gathered once for all loss terms.
 
@@ -128,8 +179,9 @@ class MatchedPairs:
         outputs: the stage's predictions (logits (B, Q, K), boxes (B, Q, 4), masks (B, Q, H, W)).
         targets: B dicts with "labels" (N,), "boxes" (N, 4), "masks" (N, H', W').
         indices: B pairs (query_indices, target_indices).
-        sample_points: maps matched (M, H, W) mask logits and (M, H', W') targets to
-            (M, P) point logits and labels.
+        sample_points: maps matched (M, H, W) mask logits and the reader of their targets'
+            values at (M, P, 2) points to (M, P) point logits and labels.
+        target_masks: the batch's target masks (built from ``targets`` when not given).
     """
 
     def __init__(
@@ -137,12 +189,14 @@ class MatchedPairs:
         outputs: StagePrediction,
         targets: Sequence[Mapping[str, torch.Tensor]],
         indices: Indices,
-        sample_points: Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]],
+        sample_points: Callable[[torch.Tensor, Callable], Tuple[torch.Tensor, torch.Tensor]],
+        target_masks: Optional[StackedTargetMasks] = None,
     ):
         self.outputs = outputs
         self.targets = targets
         self.indices = indices
         self._sample_points = sample_points
+        self._target_masks = target_masks
         self._points: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
         batch_idx = [torch.full_like(src, b) for b, (src, _) in enumerate(indices)]
         self.batch_idx = torch.cat(batch_idx)
@@ -169,13 +223,9 @@ class MatchedPairs:
         """(M, P) logits of the matched masks and (M, P) target values at the sampled points."""
         if self._points is None:
             pred = self.outputs.masks[self.batch_idx, self.query_idx].float()
-            shapes = {tuple(t["masks"].shape[-2:]) for t in self.targets}
-            if len(shapes) > 1:
-                raise ValueError(
-                    "criterion: targets[i]['masks'] must all be padded to the batch size, "
-                    f"got sizes {sorted(shapes)}"
-                )
-            self._points = self._sample_points(pred, self._gather_targets("masks").to(pred))
+            stacked = self._target_masks or StackedTargetMasks(self.targets)
+            rows = stacked.global_index(self.indices)
+            self._points = self._sample_points(pred, lambda coords: stacked.values_at(rows, coords))
         return self._points
 
 
@@ -308,21 +358,26 @@ class DIMaskDINOCriterion(nn.Module):
         return dice_loss(point_logits, point_labels).sum() / num_boxes
 
     def sample_mask_points(
-        self, pred_masks: torch.Tensor, gt_masks: torch.Tensor
+        self, pred_masks: torch.Tensor, gt_masks
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """PointRend importance sampling of P points per mask (mostly where the logit is near 0).
 
         Args:
-            pred_masks: (M, H, W) logits.  gt_masks: (M, H', W') targets.
+            pred_masks: (M, H, W) logits.
+            gt_masks: (M, H', W') targets, or a function from (M, P, 2) points in [0, 1]^2 to the
+                (M, P) target values there (:meth:`StackedTargetMasks.values_at`).
         Returns:
             (M, P) logits (differentiable) and (M, P) target values.
         """
-        pred_masks, gt_masks = pred_masks[:, None], gt_masks[:, None]
+        if isinstance(gt_masks, torch.Tensor):
+            masks = gt_masks[:, None].to(pred_masks)
+            gt_masks = lambda coords: point_sample(masks, coords, align_corners=False).squeeze(1)  # noqa: E731
+        pred_masks = pred_masks[:, None]
         with torch.no_grad():
             coords = uncertain_point_coords(
                 pred_masks, self.num_points, self.oversample_ratio, self.importance_sample_ratio
             )
-            point_labels = point_sample(gt_masks, coords, align_corners=False).squeeze(1)
+            point_labels = gt_masks(coords)
         point_logits = point_sample(pred_masks, coords, align_corners=False).squeeze(1)
         return point_logits, point_labels
 
@@ -341,26 +396,27 @@ class DIMaskDINOCriterion(nn.Module):
         self._check_targets(targets, final.logits.shape[0])
         num_boxes = self._num_boxes(targets, final.logits.device)
         aux_outputs = outputs.aux if self.deep_supervision else []
+        masks = StackedTargetMasks(targets)  # shared by every stage's matching and mask losses
 
-        losses = self._matched_stage(final, targets, "", num_boxes)
+        losses = self._matched_stage(final, targets, masks, "", num_boxes)
         for i, aux in enumerate(aux_outputs):
-            losses.update(self._matched_stage(aux, targets, f"_{i}", num_boxes))
+            losses.update(self._matched_stage(aux, targets, masks, f"_{i}", num_boxes))
         if outputs.interm is not None:
-            losses.update(self._matched_stage(outputs.interm, targets, "_interm", num_boxes))
-        losses.update(self._denoising_losses(outputs, targets, num_boxes))
+            losses.update(self._matched_stage(outputs.interm, targets, masks, "_interm", num_boxes))
+        losses.update(self._denoising_losses(outputs, targets, masks, num_boxes))
         if self.deep_supervision:
             for j, ti_outputs in enumerate(outputs.ti):
                 indices = self.matcher(ti_outputs, targets, cost_types=("class", "box"))
-                pairs = self._pairs(ti_outputs, targets, indices)
+                pairs = self._pairs(ti_outputs, targets, indices, masks)
                 losses.update(self._weighted(pairs, self.ti_terms, f"_ti{j}", num_boxes))
         return losses
 
-    def _matched_stage(self, outputs: StagePrediction, targets, suffix: str, num_boxes: float):
+    def _matched_stage(self, outputs: StagePrediction, targets, masks, suffix: str, num_boxes: float):
         cost_types = ("class", "box", "mask")
-        pairs = self._pairs(outputs, targets, self.matcher(outputs, targets, cost_types))
-        return self._weighted(pairs, self.matched_terms, suffix, num_boxes)
+        indices = self.matcher(outputs, targets, cost_types, stacked_masks=masks.masks)
+        return self._weighted(self._pairs(outputs, targets, indices, masks), self.matched_terms, suffix, num_boxes)
 
-    def _denoising_losses(self, outputs: PredictorOutput, targets, num_boxes: float):
+    def _denoising_losses(self, outputs: PredictorOutput, targets, masks, num_boxes: float):
         if self.dn == "no":
             return {}
         # As the authors: without the two-stage proposals the first auxiliary output has no
@@ -378,9 +434,9 @@ class DIMaskDINOCriterion(nn.Module):
         self._check_denoising(dn, num_aux)
         indices = self.denoising_indices(targets, dn.num_groups, dn.single_pad)
         dn_num_boxes = num_boxes * dn.num_groups
-        losses = self._weighted(self._pairs(dn.final, targets, indices), self.dn_terms, "_dn", dn_num_boxes)
+        losses = self._weighted(self._pairs(dn.final, targets, indices, masks), self.dn_terms, "_dn", dn_num_boxes)
         for i in range(first_aux, num_aux):
-            pairs = self._pairs(dn.aux[i], targets, indices)
+            pairs = self._pairs(dn.aux[i], targets, indices, masks)
             losses.update(self._weighted(pairs, self.dn_terms, f"_dn_{i}", dn_num_boxes))
         return losses
 
@@ -420,8 +476,8 @@ class DIMaskDINOCriterion(nn.Module):
             indices.append((query_idx, target_idx))
         return indices
 
-    def _pairs(self, outputs, targets, indices: Indices) -> MatchedPairs:
-        return MatchedPairs(outputs, targets, indices, self.sample_mask_points)
+    def _pairs(self, outputs, targets, indices: Indices, masks: StackedTargetMasks) -> MatchedPairs:
+        return MatchedPairs(outputs, targets, indices, self.sample_mask_points, masks)
 
     def _weighted(
         self, pairs: MatchedPairs, terms: Sequence[str], suffix: str, num_boxes: float

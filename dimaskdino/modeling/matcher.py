@@ -13,7 +13,7 @@ The optimal one-to-one assignment per image comes from ``scipy.optimize.linear_s
 The costs are computed for the whole batch at once (every query against every instance of the
 batch, a few small tensors); only the assignment itself loops over the images.
 """
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -125,6 +125,7 @@ class HungarianMatcher(nn.Module):
         outputs: StagePrediction,
         targets: List[Dict[str, torch.Tensor]],
         cost_types: Sequence[str] = COST_TYPES,
+        stacked_masks: Optional[torch.Tensor] = None,
     ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
         """
         Args:
@@ -134,6 +135,8 @@ class HungarianMatcher(nn.Module):
                 and "masks" (N, H', W') covering the same padded image as the predicted masks.
             cost_types: which cost groups to use, a subset of ("class", "box", "mask"); the
                 token-interaction outputs of the DI module are matched with ("class", "box").
+            stacked_masks: optional (T, H', W') float32 masks of all targets, image after image
+                (the criterion converts them once per step); else built from ``targets``.
         Returns:
             B pairs (query_indices, target_indices), int64 tensors of length min(Q, N).
         """
@@ -153,7 +156,7 @@ class HungarianMatcher(nn.Module):
         images = [b for b, target in enumerate(targets) if target["labels"].numel() > 0]
         if not images:
             return matches
-        costs = self.batch_costs(outputs, targets, images, cost_types)
+        costs = self.batch_costs(outputs, targets, images, cost_types, stacked_masks)
         total = sum(costs.values())
         # one transfer for the whole batch; image i's own block is total[i, :, its targets]
         total_np = total.cpu().numpy()
@@ -175,7 +178,12 @@ class HungarianMatcher(nn.Module):
         return matches
 
     def batch_costs(
-        self, outputs, targets: List[Dict[str, torch.Tensor]], images: Sequence[int], cost_types: Sequence[str]
+        self,
+        outputs,
+        targets: List[Dict[str, torch.Tensor]],
+        images: Sequence[int],
+        cost_types: Sequence[str],
+        stacked_masks: Optional[torch.Tensor] = None,
     ) -> Dict[str, torch.Tensor]:
         """The weighted (I, Q, T) cost matrices, by term name, of the queries of the I images listed
         in ``images`` against all T targets of those images (concatenated in that order). Only
@@ -200,26 +208,33 @@ class HungarianMatcher(nn.Module):
                 )
                 costs["giou"] = -self.cost_giou * giou.view(len(images), -1, gt_boxes.shape[0])
             if "mask" in cost_types:
-                point_logits, point_labels = self._sample_mask_points(outputs.masks.index_select(0, index), chosen)
+                point_logits, point_labels = self._sample_mask_points(
+                    outputs.masks.index_select(0, index), chosen, stacked_masks
+                )
                 costs["mask"] = self.cost_mask * mask_bce_cost(point_logits, point_labels)
                 costs["dice"] = self.cost_dice * mask_dice_cost(point_logits, point_labels)
         return costs
 
     def _sample_mask_points(
-        self, pred_masks: torch.Tensor, targets: Sequence[Dict[str, torch.Tensor]]
+        self,
+        pred_masks: torch.Tensor,
+        targets: Sequence[Dict[str, torch.Tensor]],
+        stacked_masks: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Values of all masks at P uniformly random points, one set of points per image.
 
         Args:
             pred_masks: (I, Q, H, W) logits of I images.
             targets: their I target dicts, "masks" (N_i, H', W') over the same padded image.
+            stacked_masks: the same masks, concatenated and float (the empty images add none).
         Returns:
             (I, Q, P) logits and (T, P) target values, T = sum of N_i.
         """
         coords = self.random_point_coords(pred_masks.shape[0], pred_masks.device)
         # an image's masks are the channels of one input, so one grid (its points) serves them all
         point_logits = point_sample(pred_masks.float(), coords, align_corners=False)
-        gt_masks = torch.cat([t["masks"] for t in targets]).to(point_logits)
+        gt_masks = torch.cat([t["masks"] for t in targets]) if stacked_masks is None else stacked_masks
+        gt_masks = gt_masks.to(point_logits)
         image_of_target = torch.repeat_interleave(
             torch.arange(len(targets), device=coords.device),
             torch.as_tensor([len(t["masks"]) for t in targets], device=coords.device),

@@ -400,3 +400,9 @@ def test_compiled_class_passes_compressed_rles_through_with_pycocotools_numbers(
     assert any(np.size(v) for v in plain.ious.values())
     np.testing.assert_allclose(ours.stats, reference.stats, rtol=0, atol=1e-12)
     assert 0 < reference.stats[0] < 1
+
+
+def test_pass_through_leaves_a_differently_laid_out_faster_coco_eval_alone():
+    module = types.SimpleNamespace()  # no maskUtils.calculateRleForAllAnnotations to wrap
+    with coco_module._compressed_rles_passed_through(module):
+        assert vars(module) == {}

@@ -42,7 +42,7 @@ def _criterion(dn="no", **kwargs):
 def _fixed_points(point_logits, point_labels):
     """A stand-in for the point sampler returning given (M, P) values."""
 
-    def sample(pred_masks, gt_masks):
+    def sample(pred_masks, target_values):
         assert pred_masks.shape[0] == point_logits.shape[0]
         return point_logits + 0 * pred_masks.sum(), point_labels
 
@@ -129,7 +129,8 @@ def test_point_sampling_prefers_uncertain_points_and_reads_targets():
     pred[:, :, 8:24] = 0.0
     target = torch.zeros(1, 64, 64)
     target[:, :, 16:48] = 1.0  # the same band, at twice the resolution
-    logits, labels = criterion.sample_mask_points(pred, target)
+    stacked = StackedTargetMasks([{"masks": target}])
+    logits, labels = criterion.sample_mask_points(pred, lambda coords: stacked.values_at(torch.tensor([0]), coords))
     assert logits.shape == labels.shape == (1, 400)
     uncertain = (logits.abs() < 10).float().mean().item()
     assert uncertain > 0.75  # 75% importance points, plus the random ones falling in the band

@@ -181,7 +181,7 @@ class MatchedPairs:
         indices: B pairs (query_indices, target_indices).
         sample_points: maps matched (M, H, W) mask logits and the reader of their targets'
             values at (M, P, 2) points to (M, P) point logits and labels.
-        target_masks: the batch's target masks (built from ``targets`` when not given).
+        target_masks: the batch's target masks, converted once for all stages.
     """
 
     def __init__(
@@ -190,7 +190,7 @@ class MatchedPairs:
         targets: Sequence[Mapping[str, torch.Tensor]],
         indices: Indices,
         sample_points: Callable[[torch.Tensor, Callable], Tuple[torch.Tensor, torch.Tensor]],
-        target_masks: Optional[StackedTargetMasks] = None,
+        target_masks: StackedTargetMasks,
     ):
         self.outputs = outputs
         self.targets = targets
@@ -223,9 +223,8 @@ class MatchedPairs:
         """(M, P) logits of the matched masks and (M, P) target values at the sampled points."""
         if self._points is None:
             pred = self.outputs.masks[self.batch_idx, self.query_idx].float()
-            stacked = self._target_masks or StackedTargetMasks(self.targets)
-            rows = stacked.global_index(self.indices)
-            self._points = self._sample_points(pred, lambda coords: stacked.values_at(rows, coords))
+            rows = self._target_masks.global_index(self.indices)
+            self._points = self._sample_points(pred, lambda coords: self._target_masks.values_at(rows, coords))
         return self._points
 
 
@@ -358,26 +357,23 @@ class DIMaskDINOCriterion(nn.Module):
         return dice_loss(point_logits, point_labels).sum() / num_boxes
 
     def sample_mask_points(
-        self, pred_masks: torch.Tensor, gt_masks
+        self, pred_masks: torch.Tensor, target_values: Callable[[torch.Tensor], torch.Tensor]
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """PointRend importance sampling of P points per mask (mostly where the logit is near 0).
 
         Args:
             pred_masks: (M, H, W) logits.
-            gt_masks: (M, H', W') targets, or a function from (M, P, 2) points in [0, 1]^2 to the
-                (M, P) target values there (:meth:`StackedTargetMasks.values_at`).
+            target_values: maps (M, P, 2) points in [0, 1]^2 to the (M, P) values of the M
+                matched targets there (:meth:`StackedTargetMasks.values_at`).
         Returns:
             (M, P) logits (differentiable) and (M, P) target values.
         """
-        if isinstance(gt_masks, torch.Tensor):
-            masks = gt_masks[:, None].to(pred_masks)
-            gt_masks = lambda coords: point_sample(masks, coords, align_corners=False).squeeze(1)  # noqa: E731
         pred_masks = pred_masks[:, None]
         with torch.no_grad():
             coords = uncertain_point_coords(
                 pred_masks, self.num_points, self.oversample_ratio, self.importance_sample_ratio
             )
-            point_labels = gt_masks(coords)
+            point_labels = target_values(coords)
         point_logits = point_sample(pred_masks, coords, align_corners=False).squeeze(1)
         return point_logits, point_labels
 

@@ -171,3 +171,87 @@ def test_build_train_mapper_by_name():
         build_train_mapper(_cfg("MaskDINO_semantic"))
     with pytest.raises(ValueError, match="RANDOM_FLIP"):
         build_train_mapper(_cfg(flip="diagonal"))
+
+
+def _random_rle_annotations(rng, count, size):
+    """``count`` random COCO-RLE objects (discs and rectangles, some overlapping, some at the
+    border) of a size x size image, boxes in XYWH or XYXY."""
+    annotations = []
+    for k in range(count):
+        mask = np.zeros((size, size), np.uint8)
+        if k % 2:
+            cv2.circle(mask, tuple(int(v) for v in rng.integers(0, size, 2)), int(rng.integers(2, size // 3)), 1, -1)
+        else:
+            x0, y0 = rng.integers(-5, size - 4, 2)
+            mask[max(y0, 0):y0 + rng.integers(3, size // 2), max(x0, 0):x0 + rng.integers(3, size // 2)] = 1
+        encoded = mask_util.encode(np.asfortranarray(mask))
+        if k % 3:
+            encoded["counts"] = encoded["counts"].decode()
+        ys, xs = np.nonzero(mask)
+        x0, y0, x1, y1 = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)) if len(xs) else (0.0,) * 4
+        xyxy = k % 4 == 3
+        annotations.append({
+            "bbox": [x0, y0, x1, y1] if xyxy else [x0, y0, x1 - x0, y1 - y0],
+            "bbox_mode": BoxMode.XYXY_ABS if xyxy else BoxMode.XYWH_ABS,
+            "category_id": int(rng.integers(0, 4)), "segmentation": encoded,
+        })
+    return annotations
+
+
+@pytest.mark.parametrize("count", [1, 3, 8, 9, 17])
+@pytest.mark.parametrize("boxes_from_masks", [True, False])
+def test_rle_masks_transformed_together_equal_detectron2_one_by_one(count, boxes_from_masks, monkeypatch):
+    """The packed-bits path (all masks of an image transformed in one go) against detectron2's
+    per-annotation transform, over random LSJ draws with flips, crops and padding."""
+    import copy
+
+    from detectron2.data import detection_utils as utils
+    from detectron2.data import transforms as T
+
+    from dimaskdino.data.mappers import instance_targets
+    from dimaskdino.data.mappers.coco_instance_lsj import build_lsj_augmentation
+
+    rng = np.random.default_rng(count)
+    augmentation = T.AugmentationList(build_lsj_augmentation(_cfg(image_size=64, min_scale=0.5, max_scale=1.6, flip="horizontal")))
+    one_by_one = utils.transform_instance_annotations
+    kept = 0
+    for trial in range(6):
+        annotations = _random_rle_annotations(rng, count, size=80)
+        aug_input = T.AugInput(np.zeros((80, 80, 3), np.uint8))
+        transforms = augmentation(aug_input)
+        shape = aug_input.image.shape[:2]
+
+        reference = [one_by_one(copy.deepcopy(obj), transforms, shape) for obj in annotations]
+        expected = utils.annotations_to_instances(reference, shape, mask_format="bitmask")
+        if boxes_from_masks:
+            expected.gt_boxes = expected.gt_masks.get_bounding_boxes()
+        expected = utils.filter_empty_instances(expected)
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("RLE annotations were transformed one by one")
+
+        monkeypatch.setattr(instance_targets.utils, "transform_instance_annotations", refuse)
+        got = instance_targets.instances_from_annotations(
+            copy.deepcopy(annotations), transforms, shape, boxes_from_masks=boxes_from_masks
+        )
+        monkeypatch.setattr(instance_targets.utils, "transform_instance_annotations", one_by_one)
+        assert len(got) == len(expected), trial
+        kept += len(got)
+        assert torch.equal(got.gt_masks.tensor, expected.gt_masks.tensor), trial
+        assert torch.equal(got.gt_boxes.tensor, expected.gt_boxes.tensor), trial
+        assert torch.equal(got.gt_classes, expected.gt_classes), trial
+    assert kept >= count  # the crops left objects to compare
+
+
+def test_mixed_polygon_and_rle_annotations_still_transformed_one_by_one(tmp_path):
+    """A polygon among the RLEs: the whole image goes through detectron2's per-annotation path
+    (polygons keep sub-pixel boxes there), with the same result as before."""
+    from detectron2.data import transforms as T
+
+    from dimaskdino.data.mappers.instance_targets import _transform_annotations_together
+
+    annotations = _scene(tmp_path)["annotations"][:2]
+    transforms = T.TransformList([T.NoOpTransform()])
+    assert _transform_annotations_together(annotations, transforms, (64, 64)) is None
+    assert _transform_annotations_together(annotations[1:], transforms, (64, 64)) is not None
+    assert _transform_annotations_together(annotations[1:], T.TransformList([T.RotationTransform(64, 64, 10)]), (64, 64)) is None

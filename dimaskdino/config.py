@@ -38,6 +38,11 @@ def _add_input_and_solver_keys(cfg):
     cfg.INPUT.IMAGE_SIZE = 1024
     cfg.INPUT.MIN_SCALE = 0.1
     cfg.INPUT.MAX_SCALE = 2.0
+    # progressive resizing (dimaskdino.engine.progressive_resize): training batches of the
+    # iterations before UNTIL_ITER resized by SCALE; off with UNTIL_ITER 0
+    cfg.INPUT.PROGRESSIVE_RESIZE = CN()
+    cfg.INPUT.PROGRESSIVE_RESIZE.SCALE = 1.0
+    cfg.INPUT.PROGRESSIVE_RESIZE.UNTIL_ITER = 0
 
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
     cfg.SOLVER.OPTIMIZER = "ADAMW"

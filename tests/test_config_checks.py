@@ -53,7 +53,7 @@ def test_yaml_eval_only_ignores_training_settings(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "override, error, message",
     [
-        ("train.max_iter=abc", TypeError, r"train.max_iter must be a number \(like 900\), got 'abc'"),
+        ("train.max_iter=abc", TypeError, r"train.max_iter must be a number \(like 1050\), got 'abc'"),
         ("train.amp.enabled=1", TypeError, r"train.amp.enabled must be True or False, got 1"),
         ("optimizer.base_lr=fast", TypeError, r"optimizer.base_lr must be a number .*'fast'"),
     ],

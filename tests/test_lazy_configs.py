@@ -51,6 +51,10 @@ def test_same_data_and_schedule(yaml_file, lazy_file):
     test_resize = lz.dataloader.test.mapper.augmentations[0]
     assert (test_resize.short_edge_length, test_resize.max_size) == (y.INPUT.MIN_SIZE_TEST, y.INPUT.MAX_SIZE_TEST)
     assert lz.train.max_iter == y.SOLVER.MAX_ITER
+    progressive = lz.train.progressive_resize
+    assert (progressive.scale, progressive.until_iter) == (
+        y.INPUT.PROGRESSIVE_RESIZE.SCALE, y.INPUT.PROGRESSIVE_RESIZE.UNTIL_ITER
+    )
     assert lz.train.amp.enabled == y.SOLVER.AMP.ENABLED
     assert lz.dataloader.train.num_workers == y.DATALOADER.NUM_WORKERS
     assert lz.optimizer.base_lr == y.SOLVER.BASE_LR

@@ -42,7 +42,8 @@ predictor.initialize_box_type = "no"
 model.criterion.num_points = 784
 model.test_topk_per_image = 50
 
-train.max_iter = 900
+train.max_iter = 1050
+train.progressive_resize = dict(scale=0.75, until_iter=650)  # 96x96 batches first, then 128x128
 train.device = "cpu"
 train.amp.enabled = True  # bfloat16 autocast on the CPU
 train.seed = 0
@@ -51,5 +52,5 @@ train.checkpointer.period = 300
 train.output_dir = "./output/embedded_r18_lazy"
 optimizer.base_lr = 2e-3
 optimizer.backbone_multiplier = 1.0
-lr_multiplier = step_schedule(steps=[810], warmup_iters=50)
+lr_multiplier = step_schedule(steps=[945], warmup_iters=50)
 del decoder, predictor  # aliases only: not part of the config

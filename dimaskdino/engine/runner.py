@@ -40,6 +40,7 @@ from .ddp import create_ddp_model, with_statistics_hook
 from .devices import check_device
 from .ema import EMAHook, with_weight_average
 from .precision import build_train_loop
+from .progressive_resize import add_progressive_resize
 from .train_loop import add_finite_loss_check
 from .trainer import DIMaskDINOTrainer
 
@@ -152,6 +153,8 @@ class LazyRun:
         model = create_ddp_model(model, **self.cfg.train.ddp)
         trainer = build_train_loop(model, self.build_train_loader(), optimizer, self.amp, self.device)
         add_finite_loss_check(trainer, model)
+        progressive = self.cfg.train.get("progressive_resize", {})
+        add_progressive_resize(trainer, model, progressive.get("scale", 1.0), progressive.get("until_iter", 0))
         checkpointer = DIMaskDINOCheckpointer(model, self.output_dir, trainer=trainer)
         trainer.register_hooks(with_statistics_hook(self._hooks(checkpointer, model), model))
         checkpointer.resume_or_load(self.weights, resume=resume)

@@ -17,6 +17,7 @@ from .devices import check_device
 from .ema import EMAHook, with_weight_average
 from .optimizer import build_optimizer_from_cfg
 from .precision import add_cpu_autocast, uses_cpu_autocast
+from .progressive_resize import add_progressive_resize
 from .train_loop import add_finite_loss_check
 
 __all__ = ["DIMaskDINOTrainer"]
@@ -42,6 +43,9 @@ class DIMaskDINOTrainer(DefaultTrainer):
             add_cpu_autocast(self._trainer.model)
             self.cfg = _with_amp(self.cfg, True)
         add_finite_loss_check(self, self.model)
+        progressive = cfg.INPUT.get("PROGRESSIVE_RESIZE")  # absent without add_dimaskdino_config
+        if progressive is not None:
+            add_progressive_resize(self, self.model, progressive.SCALE, progressive.UNTIL_ITER)
 
     def build_hooks(self):
         """DefaultTrainer's hooks, with our checkpointer: it reads the authors' published weights too,

@@ -10,7 +10,7 @@ from detectron2.structures import BitMasks, BoxMode, Instances, PolygonMasks
 
 from ..image_io import read_image
 
-__all__ = ["attach_instances", "instances_from_annotations", "read_and_augment"]
+__all__ = ["attach_instances", "instances_from_annotations", "read_and_augment", "transform_packed_masks"]
 
 
 def read_and_augment(dataset_dict: dict, augmentations: T.AugmentationList, image_format: str):
@@ -51,7 +51,7 @@ def _decode_compressed_rles(annotations: List[dict]) -> Optional[np.ndarray]:
     return mask_util.decode(segms)
 
 
-def _transform_packed_masks(masks: np.ndarray, transforms: T.TransformList) -> np.ndarray:
+def transform_packed_masks(masks: np.ndarray, transforms: T.TransformList) -> np.ndarray:
     """(H, W, N) 0/1 uint8 masks -> (N, h, w) uint8, eight masks per ``apply_segmentation`` call:
     mask k of a group is bit k of one uint8 image (numpy's packbits is slower at these sizes)."""
     planes = []
@@ -84,7 +84,7 @@ def _transform_annotations_together(
     masks = _decode_compressed_rles(annotations)
     if masks is None:
         return None
-    masks = _transform_packed_masks(masks, transforms)
+    masks = transform_packed_masks(masks, transforms)
     if masks.shape[1:] != tuple(image_shape):
         return None  # detectron2's own path raises for this
 

@@ -70,6 +70,15 @@ def test_rescaled_record_without_instances_or_objects():
     assert len(out["instances"]) == 0 and out["instances"].gt_masks.tensor.shape == (0, 64, 64)
 
 
+def test_rescaling_polygon_instances_is_refused_naming_the_file():
+    from detectron2.structures import PolygonMasks
+
+    record = _record()
+    record["instances"].gt_masks = PolygonMasks([[np.array([1.0, 1.0, 9.0, 1.0, 9.0, 9.0])]] * 3)
+    with pytest.raises(TypeError, match=r"bitmask instances.*PolygonMasks \(x.png\)"):
+        rescale_training_record(record, 0.5)
+
+
 class _SizeRecorder(nn.Module):
     def __init__(self):
         super().__init__()

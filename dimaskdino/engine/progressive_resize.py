@@ -53,6 +53,11 @@ def rescale_training_record(record: dict, scale: float) -> dict:
     out = dict(record, image=torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))))
     if "instances" in record:
         instances = record["instances"]
+        if not isinstance(instances.gt_masks, BitMasks):
+            raise TypeError(
+                "INPUT.PROGRESSIVE_RESIZE resizes bitmask instances; this record's gt_masks are "
+                f"{type(instances.gt_masks).__name__} ({record.get('file_name', '<no file_name>')})"
+            )
         masks = instances.gt_masks.tensor.permute(1, 2, 0).numpy().astype(np.uint8)  # (H, W, N)
         masks = transform_packed_masks(masks, T.TransformList([resize])) if masks.shape[2] else \
             np.zeros((0, *size), np.uint8)

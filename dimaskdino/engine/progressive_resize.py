@@ -59,8 +59,10 @@ def rescale_training_record(record: dict, scale: float) -> dict:
                 f"{type(instances.gt_masks).__name__} ({record.get('file_name', '<no file_name>')})"
             )
         masks = instances.gt_masks.tensor.permute(1, 2, 0).numpy().astype(np.uint8)  # (H, W, N)
-        masks = transform_packed_masks(masks, T.TransformList([resize])) if masks.shape[2] else \
-            np.zeros((0, *size), np.uint8)
+        if masks.shape[2]:
+            masks = transform_packed_masks(masks, T.TransformList([resize]))
+        else:  # nothing to pack
+            masks = np.zeros((0, *size), np.uint8)
         target = Instances(size)
         target.gt_classes = instances.gt_classes
         target.gt_masks = BitMasks(torch.from_numpy(masks.astype(bool)))
